@@ -1,0 +1,161 @@
+"""Models: a feature extractor (backbone) plus a head that knows which outputs are active.
+
+Every head returns logits in the stream's whole label space, shape (B, n_classes), with
+``-inf`` for outputs that are not active: classes not seen yet (``incremental``, class-IL:
+van de Ven et al.'s "only the units of classes seen so far are active"), or classes of other
+tasks (``multi``, task-IL: one head per task). ``single`` keeps every output active.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+
+class MLP(nn.Module):
+    """Fully connected ReLU network; ``hidden`` gives the widths (784-400-400 for Split MNIST)."""
+
+    def __init__(self, input_shape: tuple[int, ...], hidden: list[int] = (400, 400)):
+        super().__init__()
+        layers, d = [nn.Flatten()], math.prod(input_shape)
+        for h in hidden:
+            layers += [nn.Linear(d, h), nn.ReLU()]
+            d = h
+        self.net = nn.Sequential(*layers)
+        self.out_features = d
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class SmallCNN(nn.Module):
+    """Two conv blocks (32, 64 channels, 3x3, max-pool) and one hidden linear layer, for 28x28 inputs."""
+
+    def __init__(self, input_shape: tuple[int, ...], channels: list[int] = (32, 64), hidden: int = 256):
+        super().__init__()
+        c, h, w = input_shape
+        layers = []
+        for ch in channels:
+            layers += [nn.Conv2d(c, ch, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+            c, h, w = ch, h // 2, w // 2
+        self.conv = nn.Sequential(*layers, nn.Flatten())
+        self.fc = nn.Sequential(nn.Linear(c * h * w, hidden), nn.ReLU())
+        self.out_features = hidden
+
+    def forward(self, x):
+        return self.fc(self.conv(x))
+
+
+class Head(nn.Module):
+    """One linear layer over all ``n_classes`` outputs, with a mask of active outputs."""
+
+    def __init__(self, in_features: int, n_classes: int, all_active: bool = True):
+        super().__init__()
+        self.linear = nn.Linear(in_features, n_classes)
+        self.register_buffer("active", torch.full((n_classes,), all_active, dtype=torch.bool))
+
+    def observe(self, classes: list[int], task_id: int) -> None:
+        """Called when an experience starts: activate its classes."""
+        self.active[torch.as_tensor(classes, dtype=torch.long)] = True
+
+    def forward(self, h, task=None):
+        return self.linear(h).masked_fill(~self.active, float("-inf"))
+
+
+class IncrementalHead(Head):
+    """Class-IL head: outputs become active when their class first arrives."""
+
+    def __init__(self, in_features: int, n_classes: int):
+        super().__init__(in_features, n_classes, all_active=False)
+
+
+class MultiHead(nn.Module):
+    """Task-IL: one linear head per task, created when the task first arrives.
+
+    With task ids, sample i gets logits only for the classes of its task. Without (task-agnostic
+    evaluation), every head answers and each label takes its highest logit.
+    """
+
+    def __init__(self, in_features: int, n_classes: int):
+        super().__init__()
+        self.in_features, self.n_classes = in_features, n_classes
+        self.heads = nn.ModuleDict()
+        self.task_classes: dict[int, list[int]] = {}
+
+    def observe(self, classes: list[int], task_id: int) -> None:
+        key = str(task_id)
+        known = self.task_classes.get(task_id, [])
+        if key in self.heads and set(classes) <= set(known):
+            return
+        merged = sorted(set(known) | set(classes))
+        old = self.heads[key] if key in self.heads else None
+        new = nn.Linear(self.in_features, len(merged))
+        if old is not None:  # keep the weights of classes the task already had
+            with torch.no_grad():
+                for j, c in enumerate(known):
+                    new.weight[merged.index(c)] = old.weight[j]
+                    new.bias[merged.index(c)] = old.bias[j]
+        dev = next(iter(self.heads.parameters())).device if len(self.heads) else None
+        self.heads[key] = new.to(dev) if dev is not None else new
+        self.task_classes[task_id] = merged
+
+    def forward(self, h, task=None):
+        out = h.new_full((len(h), self.n_classes), float("-inf"))
+        if task is None:
+            for t, classes in self.task_classes.items():
+                idx = torch.as_tensor(classes, device=h.device)
+                out[:, idx] = torch.maximum(out[:, idx], self.heads[str(t)](h))
+            return out
+        task = torch.as_tensor(task, device=h.device)
+        if task.ndim == 0:
+            task = task.expand(len(h))
+        for t in torch.unique(task).tolist():
+            if t not in self.task_classes:
+                continue
+            rows = torch.nonzero(task == t).flatten()
+            idx = torch.as_tensor(self.task_classes[t], device=h.device)
+            out[rows.unsqueeze(1), idx.unsqueeze(0)] = self.heads[str(t)](h[rows])
+        return out
+
+    def get_extra_state(self):
+        return {"task_classes": self.task_classes}
+
+    def set_extra_state(self, state):
+        for t, classes in state["task_classes"].items():
+            self.observe(classes, int(t))
+
+
+class ContinualModel(nn.Module):
+    """``backbone`` (features) + ``head`` (masked logits over the label space)."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def features(self, x):
+        return self.backbone(x)
+
+    def forward(self, x, task=None):
+        return self.head(self.backbone(x), task)
+
+    def observe(self, classes: list[int], task_id: int) -> None:
+        self.head.observe(classes, task_id)
+
+
+BACKBONES = {"mlp": MLP, "cnn": SmallCNN}
+HEADS = {"single": Head, "incremental": IncrementalHead, "multi": MultiHead}
+DEFAULT_HEAD = {"class": "incremental", "task": "multi", "domain": "single"}
+
+
+def build_model(name: str, input_shape, n_classes: int, scenario: str, head: str | None = None,
+                **kwargs) -> ContinualModel:
+    if name not in BACKBONES:
+        raise ConfigError(f"unknown model '{name}'; allowed: {', '.join(BACKBONES)}")
+    head = head or DEFAULT_HEAD[scenario]
+    if head not in HEADS:
+        raise ConfigError(f"unknown head '{head}'; allowed: {', '.join(HEADS)}")
+    backbone = BACKBONES[name](tuple(input_shape), **kwargs)
+    return ContinualModel(backbone, HEADS[head](backbone.out_features, n_classes))

@@ -1,0 +1,179 @@
+"""Stream builders: class/task-incremental splits, permuted and rotated domains, dataset sequences.
+
+Scenarios (van de Ven, Tuytelaars & Tolias, 2022):
+- ``class``: one growing label space; the model must tell all classes seen so far apart.
+- ``task``: the task id is given at train and test time (multi-head models use it).
+- ``domain``: the label space is fixed and shared; the input distribution changes.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..data.base import DatasetSplits
+from ..errors import ConfigError
+from .base import SCENARIOS, Experience, Split, Stream, carve_validation
+
+
+def _check_scenario(scenario: str) -> None:
+    if scenario not in SCENARIOS:
+        raise ConfigError(f"unknown scenario '{scenario}'; allowed: {', '.join(SCENARIOS)}")
+
+
+def _class_groups(n_classes: int, n_experiences: int | None, classes_per_experience: int | None,
+                  first_experience_classes: int | None, class_order: list[int] | None,
+                  generator: torch.Generator) -> list[list[int]]:
+    if class_order is None:
+        order = list(range(n_classes))
+    elif class_order == "random":
+        order = torch.randperm(n_classes, generator=generator).tolist()
+    else:
+        order = [int(c) for c in class_order]
+        if sorted(order) != list(range(n_classes)):
+            raise ConfigError(f"class_order must be a permutation of 0..{n_classes - 1}, got {order}")
+    first = first_experience_classes
+    rest = n_classes - (first or 0)
+    if classes_per_experience is None:
+        if n_experiences is None:
+            raise ConfigError("give n_experiences or classes_per_experience")
+        k = n_experiences - (1 if first else 0)
+        if k <= 0 or rest % k:
+            raise ConfigError(f"cannot split {rest} classes evenly into {k} experiences; "
+                              "set classes_per_experience or first_experience_classes")
+        classes_per_experience = rest // k
+    if classes_per_experience <= 0 or rest % classes_per_experience:
+        raise ConfigError(f"classes_per_experience={classes_per_experience} does not divide the {rest} classes")
+    groups = [order[:first]] if first else []
+    groups += [order[i:i + classes_per_experience] for i in range((first or 0), n_classes, classes_per_experience)]
+    if n_experiences is not None and len(groups) != n_experiences:
+        raise ConfigError(f"n_experiences={n_experiences} does not match the split ({len(groups)} experiences)")
+    return groups
+
+
+def split_stream(data: DatasetSplits, scenario: str = "class", n_experiences: int | None = 5,
+                 classes_per_experience: int | None = None, first_experience_classes: int | None = None,
+                 class_order: list[int] | str | None = None, val_fraction: float = 0.0, seed: int = 0,
+                 name: str | None = None) -> Stream:
+    """Split a dataset's classes into experiences (Split MNIST and friends).
+
+    In the ``domain`` scenario labels become the position of the class inside its experience
+    (Split MNIST domain-IL: digit parity-like "first or second class"), so every experience
+    needs the same number of classes.
+    """
+    _check_scenario(scenario)
+    g = torch.Generator().manual_seed(seed)
+    groups = _class_groups(data.n_classes, n_experiences, classes_per_experience, first_experience_classes,
+                           class_order, g)
+    if scenario == "domain" and len({len(c) for c in groups}) != 1:
+        raise ConfigError("domain-incremental splits need the same number of classes in every experience")
+    xtr, xte = data.train.to_float(), data.test.to_float()
+    ytr, yte = data.train.y, data.test.y
+    exps = []
+    for i, classes in enumerate(groups):
+        cls = torch.tensor(classes)
+        mtr, mte = torch.isin(ytr, cls), torch.isin(yte, cls)
+        tr, te = Split(xtr[mtr], ytr[mtr]), Split(xte[mte], yte[mte])
+        labels = classes
+        if scenario == "domain":
+            remap = torch.full((data.n_classes,), -1, dtype=torch.long)
+            remap[cls] = torch.arange(len(classes))
+            tr, te = Split(tr.x, remap[tr.y]), Split(te.x, remap[te.y])
+            labels = list(range(len(classes)))
+        tr, va = carve_validation(tr, val_fraction, g)
+        exps.append(Experience(i, i, sorted(labels), tr, va, te, name=f"classes {classes}"))
+    n_out = len(groups[0]) if scenario == "domain" else data.n_classes
+    return Stream(name or f"split-{data.name}", scenario, exps, n_out, tuple(data.train.input_shape),
+                  info={"class_groups": groups})
+
+
+def _domain_stream(data: DatasetSplits, transforms: list, names: list[str], scenario: str, val_fraction: float,
+                   seed: int, name: str) -> Stream:
+    _check_scenario(scenario)
+    g = torch.Generator().manual_seed(seed)
+    xtr, xte = data.train.to_float(), data.test.to_float()
+    C = data.n_classes
+    exps = []
+    for i, (fn, nm) in enumerate(zip(transforms, names)):
+        off = i * C if scenario == "class" else 0
+        tr = Split(fn(xtr), data.train.y + off)
+        te = Split(fn(xte), data.test.y + off)
+        tr, va = carve_validation(tr, val_fraction, g)
+        exps.append(Experience(i, i, list(range(off, off + C)), tr, va, te, name=nm))
+    n_out = C * len(transforms) if scenario == "class" else C
+    return Stream(name, scenario, exps, n_out, tuple(data.train.input_shape))
+
+
+def permuted_stream(data: DatasetSplits, n_experiences: int = 10, scenario: str = "domain",
+                    permute_first: bool = False, val_fraction: float = 0.0, seed: int = 0) -> Stream:
+    """Permuted MNIST: each experience applies its own fixed pixel permutation.
+
+    The first experience keeps the original images unless ``permute_first`` (as in van de
+    Ven's reference code). Permutations are drawn from ``seed``.
+    """
+    g = torch.Generator().manual_seed(seed + 7919)
+    D = math.prod(data.train.input_shape)
+    perms = [None if (i == 0 and not permute_first) else torch.randperm(D, generator=g) for i in range(n_experiences)]
+
+    def make(p):
+        if p is None:
+            return lambda x: x
+        return lambda x: x.flatten(1)[:, p].reshape(x.shape)
+
+    return _domain_stream(data, [make(p) for p in perms], [f"permutation {i}" for i in range(n_experiences)],
+                          scenario, val_fraction, seed, f"permuted-{data.name}")
+
+
+def rotate(x: torch.Tensor, degrees: float) -> torch.Tensor:
+    """Rotate a batch of images (N, C, H, W) by ``degrees`` (bilinear, zero padding)."""
+    if degrees % 360 == 0:
+        return x
+    a = math.radians(degrees)
+    theta = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]], dtype=x.dtype)
+    grid = F.affine_grid(theta.expand(len(x), 2, 3), list(x.shape), align_corners=False)
+    out = torch.empty_like(x)
+    for s in range(0, len(x), 8192):  # bounded memory for the sampling grid
+        out[s:s + 8192] = F.grid_sample(x[s:s + 8192], grid[s:s + 8192], align_corners=False)
+    return out
+
+
+def rotated_stream(data: DatasetSplits, n_experiences: int = 10, scenario: str = "domain",
+                   angles: list[float] | None = None, max_angle: float = 180.0, val_fraction: float = 0.0,
+                   seed: int = 0) -> Stream:
+    """Rotated MNIST: experience i rotates every image by ``angles[i]`` degrees.
+
+    By default the angles are evenly spaced in [0, max_angle).
+    """
+    if angles is None:
+        angles = [max_angle * i / n_experiences for i in range(n_experiences)]
+    elif len(angles) != n_experiences:
+        raise ConfigError(f"angles has {len(angles)} values but n_experiences={n_experiences}")
+    return _domain_stream(data, [lambda x, a=a: rotate(x, a) for a in angles],
+                          [f"rotation {a:g} deg" for a in angles], scenario, val_fraction, seed,
+                          f"rotated-{data.name}")
+
+
+def sequence_stream(datasets: list[DatasetSplits], scenario: str = "domain", val_fraction: float = 0.0,
+                    seed: int = 0) -> Stream:
+    """One experience per dataset (e.g. MNIST -> Fashion-MNIST -> Animal-MNIST).
+
+    ``domain``: the datasets share the same output units (label k of every dataset is unit k);
+    ``class`` and ``task``: dataset i's labels are offset by i * n_classes (30 classes for three
+    10-class datasets).
+    """
+    _check_scenario(scenario)
+    shapes = {tuple(d.train.input_shape) for d in datasets}
+    if len(shapes) != 1:
+        raise ConfigError(f"datasets in a sequence need one input shape, got {sorted(shapes)}")
+    g = torch.Generator().manual_seed(seed)
+    C = max(d.n_classes for d in datasets)
+    exps = []
+    for i, d in enumerate(datasets):
+        off = 0 if scenario == "domain" else i * C
+        tr = Split(d.train.to_float(), d.train.y + off)
+        te = Split(d.test.to_float(), d.test.y + off)
+        tr, va = carve_validation(tr, val_fraction, g)
+        exps.append(Experience(i, i, sorted(set((d.train.y + off).tolist())), tr, va, te, name=d.name))
+    n_out = C if scenario == "domain" else C * len(datasets)
+    return Stream("+".join(d.name for d in datasets), scenario, exps, n_out, shapes.pop())

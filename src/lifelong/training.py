@@ -1,0 +1,146 @@
+"""The training loop. Everything a method does happens in its strategy's hooks."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from . import metrics
+from .streams import Experience, Split, Stream
+from .strategies.base import Batch, Strategy
+
+
+def index_batches(n: int, batch_size: int, generator: torch.Generator, iterations: int | None = None,
+                  epochs: int = 1):
+    """Shuffled minibatch indices: ``iterations`` batches (cycling epochs), else ``epochs`` passes."""
+    done, total = 0, iterations
+    while total is None or done < total:
+        perm = torch.randperm(n, generator=generator)
+        for s in range(0, n, batch_size):
+            if total is not None and done >= total:
+                return
+            yield perm[s:s + batch_size]
+            done += 1
+        if total is None:
+            epochs -= 1
+            if epochs <= 0:
+                return
+
+
+@torch.no_grad()
+def evaluate(strategy: Strategy, experiences: list[Experience], batch_size: int = 1000,
+             split: str = "test") -> tuple[list[float], list[float]]:
+    """Accuracy on each experience: (task-agnostic, task-aware).
+
+    Task-agnostic takes the argmax over every output; task-aware only over the experience's
+    own classes (the task id is known at test time)."""
+    model = strategy.model
+    was_training = model.training
+    model.eval()
+    agnostic, aware = [], []
+    for exp in experiences:
+        data: Split = getattr(exp, split)
+        classes = torch.as_tensor(exp.classes, device=data.y.device)
+        hit_any = hit_task = 0
+        for s in range(0, len(data), batch_size):
+            x, y = data.x[s:s + batch_size], data.y[s:s + batch_size]
+            scores = strategy.predict(x, None)
+            hit_any += (scores.argmax(1) == y).sum().item()
+            hit_task += (classes[scores[:, classes].argmax(1)] == y).sum().item()
+        n = max(len(data), 1)
+        agnostic.append(hit_any / n)
+        aware.append(hit_task / n)
+    model.train(was_training)
+    return agnostic, aware
+
+
+@dataclass
+class RunResult:
+    scenario: str
+    task_agnostic_matrix: list[list[float]] = field(default_factory=list)
+    task_aware_matrix: list[list[float]] = field(default_factory=list)
+    initial_agnostic: list[float] = field(default_factory=list)
+    initial_aware: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)  # mean training loss per experience
+    train_time_s: float = 0.0
+    eval_time_s: float = 0.0
+
+    @property
+    def task_aware(self) -> bool:
+        return self.scenario == "task"
+
+    @property
+    def accuracy_matrix(self) -> list[list[float]]:
+        """The scenario's own protocol: task-aware for task-IL, task-agnostic otherwise."""
+        return self.task_aware_matrix if self.task_aware else self.task_agnostic_matrix
+
+    def metrics(self) -> dict[str, float]:
+        init = self.initial_aware if self.task_aware else self.initial_agnostic
+        out = metrics.summary(self.accuracy_matrix, init)
+        if self.scenario == "class":  # the task-aware view differs only in class-IL
+            out.update({f"task_aware_{k}": v for k, v in metrics.summary(self.task_aware_matrix).items()})
+        return out
+
+
+def train(stream: Stream, strategy: Strategy, make_optimizer: Callable, *, batch_size: int = 128,
+          iterations: int | None = None, epochs: int = 1, seed: int = 0, reset_optimizer: bool = True,
+          eval_batch_size: int = 1000, monitor=None) -> RunResult:
+    """Train ``strategy`` (set up with its model) on every experience of ``stream`` in order,
+    evaluating on all test experiences after each one."""
+    model, dev = strategy.model, strategy.device
+    g = torch.Generator().manual_seed(seed)
+    result = RunResult(stream.scenario)
+    t0 = time.perf_counter()
+    result.initial_agnostic, result.initial_aware = evaluate(strategy, stream.experiences, eval_batch_size)
+    result.eval_time_s += time.perf_counter() - t0
+    optimizer = None
+    for exp in stream:
+        t0 = time.perf_counter()
+        model.observe(exp.classes, exp.task_id)
+        strategy.before_experience(exp)
+        optimizer = _optimizer_for(model, make_optimizer, None if reset_optimizer else optimizer)
+        data = strategy.train_data(exp)
+        n_iters = iterations if iterations is not None else epochs * -(-len(data) // batch_size)
+        if monitor:
+            monitor.start(exp, n_iters)
+        model.train()
+        loss_sum = torch.zeros((), device=dev)
+        for it, idx in enumerate(index_batches(len(data), batch_size, g, iterations, epochs)):
+            idx = idx.to(data.y.device)
+            t = data.t[idx] if data.t is not None else torch.full((len(idx),), exp.task_id, device=data.y.device)
+            batch = strategy.augment(Batch(data.x[idx], data.y[idx], t))
+            logits = model(batch.x, batch.t)
+            loss = strategy.loss(logits, batch) + strategy.penalty(logits, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            strategy.before_step(batch)
+            optimizer.step()
+            strategy.after_step(batch, logits.detach())
+            loss_sum += loss.detach()
+            if monitor:
+                monitor.step(it, loss)
+        strategy.after_experience(exp)
+        result.losses.append(loss_sum.item() / max(n_iters, 1))
+        t1 = time.perf_counter()
+        agn, awr = evaluate(strategy, stream.experiences, eval_batch_size)
+        result.task_agnostic_matrix.append(agn)
+        result.task_aware_matrix.append(awr)
+        t2 = time.perf_counter()
+        result.train_time_s += t1 - t0
+        result.eval_time_s += t2 - t1
+        if monitor:
+            monitor.end(exp, result)
+    return result
+
+
+def _optimizer_for(model, make_optimizer, optimizer):
+    """A fresh optimizer, or the old one extended with parameters added since (new heads)."""
+    if optimizer is None:
+        return make_optimizer(model.parameters())
+    known = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    new = [p for p in model.parameters() if id(p) not in known]
+    if new:
+        optimizer.add_param_group({"params": new})
+    return optimizer

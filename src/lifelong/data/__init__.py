@@ -6,6 +6,7 @@ from typing import Callable
 from ..errors import ConfigError
 from .base import DatasetSplits, TensorDataset, safe_unpickle
 from .builtin import animal_mnist, digits, fashion_mnist, mnist
+from .folders import cifar10, cifar100, npz_folder
 
 #: name -> loader(data_dir or None) -> DatasetSplits
 DATASETS: dict[str, Callable[..., DatasetSplits]] = {
@@ -13,6 +14,10 @@ DATASETS: dict[str, Callable[..., DatasetSplits]] = {
     "fashion_mnist": lambda data_dir=None: fashion_mnist(data_dir),
     "animal_mnist": lambda data_dir=None: animal_mnist(),
     "digits": lambda data_dir=None: digits(),
+    # from a folder the user gives (data_dir); None -> DatasetError saying how to give it
+    "cifar10": lambda data_dir=None: cifar10(data_dir),
+    "cifar100": lambda data_dir=None: cifar100(data_dir),
+    "npz": lambda data_dir=None: npz_folder(data_dir),
 }
 
 
@@ -27,4 +32,4 @@ def load_dataset(name: str, data_dir: str | None = None) -> DatasetSplits:
 
 
 __all__ = ["DATASETS", "DatasetSplits", "TensorDataset", "load_dataset", "register_dataset", "safe_unpickle",
-           "mnist", "fashion_mnist", "animal_mnist", "digits"]
+           "mnist", "fashion_mnist", "animal_mnist", "digits", "cifar10", "cifar100", "npz_folder"]

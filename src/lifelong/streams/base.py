@@ -100,6 +100,7 @@ def carve_validation(split: Split, fraction: float, generator: torch.Generator) 
         idx = torch.nonzero(split.y == c).flatten()
         idx = idx[torch.randperm(len(idx), generator=generator)]
         val_idx.append(idx[: int(round(len(idx) * fraction))])
-    mask = torch.zeros(len(split), dtype=torch.bool)
-    mask[torch.cat(val_idx)] = True
+    mask = torch.zeros(len(split), dtype=torch.bool, device=split.y.device)
+    if val_idx:  # an empty split has no classes
+        mask[torch.cat(val_idx)] = True
     return Split(split.x[~mask], split.y[~mask]), Split(split.x[mask], split.y[mask])

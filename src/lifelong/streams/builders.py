@@ -27,13 +27,17 @@ def _class_groups(n_classes: int, n_experiences: int | None, classes_per_experie
                   generator: torch.Generator) -> list[list[int]]:
     if class_order is None:
         order = list(range(n_classes))
-    elif class_order == "random":
+    elif isinstance(class_order, str):
+        if class_order != "random":
+            raise ConfigError(f"class_order must be 'random' or a list of class ids, got {class_order!r}")
         order = torch.randperm(n_classes, generator=generator).tolist()
     else:
         order = [int(c) for c in class_order]
         if sorted(order) != list(range(n_classes)):
             raise ConfigError(f"class_order must be a permutation of 0..{n_classes - 1}, got {order}")
     first = first_experience_classes
+    if first is not None and not 0 < first < n_classes:
+        raise ConfigError(f"first_experience_classes must be in 1..{n_classes - 1}, got {first}")
     rest = n_classes - (first or 0)
     if classes_per_experience is None:
         if n_experiences is None:
@@ -130,7 +134,8 @@ def rotate(x: torch.Tensor, degrees: float) -> torch.Tensor:
     if degrees % 360 == 0:
         return x
     a = math.radians(degrees)
-    theta = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]], dtype=x.dtype)
+    theta = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]], dtype=x.dtype,
+                         device=x.device)
     grid = F.affine_grid(theta.expand(len(x), 2, 3), list(x.shape), align_corners=False)
     out = torch.empty_like(x)
     for s in range(0, len(x), 8192):  # bounded memory for the sampling grid

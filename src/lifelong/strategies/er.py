@@ -1,0 +1,68 @@
+"""Experience replay (ER).
+
+Chaudhry, Rohrbach, Elhoseiny, Ajanthan, Dokania, Torr & Ranzato (2019), "On Tiny Episodic
+Memories in Continual Learning" (arXiv:1902.10486). Mammoth's ``er.py`` has the same shape.
+
+Each training minibatch is joined by a minibatch drawn uniformly from a memory of earlier
+samples and the usual cross-entropy is taken over both. In the paper the replayed minibatch
+has the size of the stream's minibatch (``replay_batch_size=None``), and reservoir sampling
+is the memory policy that works best; ``mem_size=2000`` is the total budget iCaRL uses
+(Rebuffi et al. 2017, K=2000) -- the paper itself studies tiny memories (1-5 per class).
+
+Memory filling (``lifelong.buffers``):
+- ``mem_policy="reservoir"``: online, every stream sample (not the replayed ones) is offered
+  to the reservoir in ``after_step``; no task boundaries needed.
+- ``mem_policy="class_balanced"``: at the end of each experience a random selection per class
+  of its training data is stored, old classes shrinking to an equal share of ``mem_size``.
+- ``mem_per_class=k`` (overrides ``mem_size``): as class-balanced but ``k`` per class, the
+  memory growing with the classes -- van de Ven, Tuytelaars & Tolias (2022) store 100 per class,
+  selected at random at the end of each context.
+"""
+import torch
+
+from ..buffers import make_buffer
+from .base import Strategy
+
+
+class ER(Strategy):
+    name = "er"
+    paper = "Chaudhry et al. 2019, On Tiny Episodic Memories in Continual Learning"
+
+    def __init__(self, mem_size: int = 2000, mem_policy: str = "reservoir", mem_per_class: int | None = None,
+                 replay_batch_size: int | None = None):
+        super().__init__()
+        self.mem_size = mem_size
+        self.mem_policy = mem_policy
+        self.mem_per_class = mem_per_class
+        self.replay_batch_size = replay_batch_size
+
+    @property
+    def online(self) -> bool:
+        return self.mem_per_class is None and self.mem_policy == "reservoir"
+
+    def setup(self, model, device="cpu", seed=0):
+        super().setup(model, device, seed)
+        self.buffer_ = make_buffer(self.mem_policy, self.mem_size, self.mem_per_class, seed=seed + 2)
+        return self
+
+    def augment(self, batch):
+        if len(self.buffer_) == 0:
+            return batch
+        return batch.cat(*self.buffer_.sample(self.replay_batch_size or batch.n_new))
+
+    def after_step(self, batch, logits):
+        if self.online:
+            n = batch.n_new
+            self.buffer_.add(batch.x[:n], batch.y[:n], batch.t[:n])
+
+    def after_experience(self, exp):
+        if not self.online:
+            d = exp.train
+            self.buffer_.add(d.x, d.y, d.t if d.t is not None else torch.full_like(d.y, exp.task_id))
+
+    def extra_state(self):
+        return {"buffer": self.buffer_.state_dict()}
+
+    def load_extra_state(self, state):
+        self.buffer_ = make_buffer(self.mem_policy, self.mem_size, self.mem_per_class)
+        self.buffer_.load_state_dict(state["buffer"])

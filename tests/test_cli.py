@@ -1,0 +1,67 @@
+"""The command line: runs, lists, and user errors as one message without a traceback."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from lifelong.cli import main
+
+ARGS = ["--benchmark", "split-digits", "--iterations", "10", "--set", "model.hidden=[16]", "--quiet"]
+
+
+def _run(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return e.value.code or 0, out.out, out.err
+
+
+def test_run_writes_results_and_prints_table(tmp_path, capsys):
+    code, out, _ = _run(["run", *ARGS, "--out", str(tmp_path / "r")], capsys)
+    assert code == 0
+    assert "average_accuracy" in out and "exp 5" in out
+    res = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert res["config"]["train"]["iterations"] == 10 and res["config"]["model"]["hidden"] == [16]
+
+
+def test_run_several_seeds_and_strategies_writes_summary(tmp_path, capsys):
+    code, out, _ = _run(["run", *ARGS, "--strategy", "finetune,joint", "--seeds", "0,1", "--out",
+                         str(tmp_path / "s")], capsys)
+    assert code == 0
+    rows = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert [r["strategy"] for r in rows] == ["finetune", "joint"]
+    assert rows[1]["average_accuracy"]["mean"] > rows[0]["average_accuracy"]["mean"]
+    assert (tmp_path / "s" / "joint" / "seed-1" / "results.json").is_file()
+    assert "| joint | 2 |" in out
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["run", "--set", "train.lrr=1"], "unknown config key 'train.lrr'"),
+    (["run", "--strategy", "nope"], "unknown strategy 'nope'"),
+    (["run", "--config", "missing.yaml"], "config file not found: missing.yaml"),
+    (["run", "--seeds", "a-b"], "--seeds must look like"),
+])
+def test_user_errors_are_one_clear_message(argv, needle, capsys, tmp_path):
+    code, out, err = _run(argv + ["--out", str(tmp_path / "x")], capsys)
+    assert code == 2
+    assert needle in " ".join(err.split())
+    assert "Traceback" not in err + out
+
+
+def test_bad_config_file_values(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[benchmark]\nname = "split-digits"\n[train]\nbatch_size = -3\n')
+    code, _, err = _run(["run", "--config", str(cfg), "--out", str(tmp_path / "x")], capsys)
+    assert code == 2 and "train.batch_size" in err
+
+
+def test_list_shows_benchmarks_and_strategy_parameters(capsys):
+    code, out, _ = _run(["list"], capsys)
+    assert code == 0 and "split-mnist" in out and "finetune" in out and "joint" in out
+
+
+def test_console_script_entry_point():
+    out = subprocess.run([sys.executable, "-m", "lifelong.cli", "list", "strategies"], capture_output=True, text=True)
+    assert out.returncode == 0 and "finetune" in out.stdout

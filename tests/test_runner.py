@@ -71,3 +71,19 @@ def test_executors_agree():
     seq = list(SequentialExecutor().map(run_config_dict, cfgs))
     par = list(ProcessExecutor(2).map(run_config_dict, cfgs))
     assert [r["accuracy_matrix"] for r in seq] == [r["accuracy_matrix"] for r in par]
+
+
+def test_tracking_from_config_writes_into_the_run_folder(tmp_path):
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("mlflow")
+    cfg = {**SMALL, "tracking": {"tensorboard": True, "mlflow": True, "mlflow_uri": str(tmp_path / "mlruns")}}
+    run_to_folder(cfg, tmp_path / "run")
+    assert any((tmp_path / "run" / "tensorboard").iterdir())
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
+    exp = client.get_experiment_by_name("lifelong")
+    (r,) = client.search_runs([exp.experiment_id])
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert r.data.metrics["final/average_accuracy"] == pytest.approx(res["average_accuracy"])
+    assert not list(tmp_path.glob("run.tmp-*"))

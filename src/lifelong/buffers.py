@@ -26,6 +26,20 @@ import torch
 _KEY = 1 << 32  # class key = task * _KEY + label
 
 
+def reservoir_slots(n_seen: int, n: int, capacity: int, generator: torch.Generator):
+    """Algorithm R for ``n`` samples arriving after ``n_seen``: sample ``i`` (stream position)
+    takes slot ``i`` while ``i < capacity``, else slot ``r ~ U{0..i}`` if ``r < capacity``.
+    Returns ``(slots, rows)``: distinct slots and, for each, the batch row that ends up there
+    (when several rows pick one slot the latest wins, as if inserted one by one). O(n log n)."""
+    i = n_seen + torch.arange(n, dtype=torch.float64)
+    r = torch.floor(torch.rand(n, generator=generator, dtype=torch.float64) * (i + 1)).long()
+    slot = torch.where(i < capacity, i.long(), r)
+    rows = torch.nonzero(slot < capacity).flatten()
+    slots, inv = torch.unique(slot[rows], return_inverse=True)
+    last = torch.full((len(slots),), -1, dtype=torch.long).scatter_reduce(0, inv, rows, "amax")
+    return slots, last
+
+
 class Buffer:
     """Storage shared by the policies: preallocated tensors, uniform sampling, state."""
 
@@ -126,6 +140,13 @@ class Buffer:
             self._write(torch.arange(n), torch.arange(n), s["x"], s["y"], s["t"], extras)
             self.size = n
 
+    def to(self, device) -> "Buffer":
+        """Move the storage (e.g. after loading a state saved from another device)."""
+        if self.x is not None:
+            self.x, self.y, self.t = self.x.to(device), self.y.to(device), self.t.to(device)
+            self.extras = {k: v.to(device) for k, v in self.extras.items()}
+        return self
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(capacity={self.capacity}, stored={self.size}, seen={self.n_seen})"
 
@@ -147,15 +168,8 @@ class ReservoirBuffer(Buffer):
             self.n_seen += n
             return
         x, y, t = self._prepare(x, y, t, extras)
-        i = self.n_seen + torch.arange(n, dtype=torch.float64)          # stream positions
-        r = torch.floor(torch.rand(n, generator=self.generator, dtype=torch.float64) * (i + 1)).long()
-        slot = torch.where(i < self.capacity, i.long(), r)             # >= capacity: rejected
-        src = torch.nonzero(slot < self.capacity).flatten()
-        slot = slot[src]
-        # Last write wins: keep, for each slot, the latest batch position that chose it.
-        uniq, inv = torch.unique(slot, return_inverse=True)
-        last = torch.full((len(uniq),), -1, dtype=torch.long).scatter_reduce(0, inv, src, "amax")
-        self._write(uniq, last, x, y, t, extras)
+        slots, rows = reservoir_slots(self.n_seen, n, self.capacity, self.generator)
+        self._write(slots, rows, x, y, t, extras)
         self.n_seen += n
         self.size = min(self.capacity, self.n_seen)
 
@@ -181,7 +195,9 @@ class ClassBalancedBuffer(Buffer):
 
     def counts(self) -> dict[tuple[int, int], int]:
         """(task, label) -> number of stored samples."""
-        keys = (self.t[:self.size].long() * _KEY + self.y[:self.size].long()).cpu() if self.size else torch.zeros(0)
+        if self.size == 0:
+            return {}
+        keys = self._keys(self.y[:self.size], self.t[:self.size]).cpu()
         uniq, cnt = torch.unique(keys, return_counts=True)
         return {(int(k) // _KEY, int(k) % _KEY): int(c) for k, c in zip(uniq.tolist(), cnt.tolist())}
 
@@ -236,22 +252,15 @@ class ClassBalancedBuffer(Buffer):
             src = torch.nonzero(keys == k).flatten()
             seen = self.class_seen[k]
             self.class_seen[k] = seen + len(src)
-            if q == 0:
-                continue
             pos = torch.nonzero(stored == k).flatten()       # this class's slots, in stable order
-            have = len(pos)
-            # Reservoir within the class: its i-th sample takes slot i while fewer than q are
-            # kept, else replaces slot r ~ U{0..i} if r < q; the later sample wins a shared slot.
-            i = seen + torch.arange(len(src), dtype=torch.float64)
-            r = torch.floor(torch.rand(len(src), generator=self.generator, dtype=torch.float64) * (i + 1)).long()
-            j = torch.where(i < q, i.long(), r)
-            src, j = src[j < q], j[j < q]
-            uniq_j, inv = torch.unique(j, return_inverse=True)
-            last = torch.full((len(uniq_j),), -1, dtype=torch.long).scatter_reduce(0, inv, src, "amax")
-            fresh = uniq_j >= have                           # the class grows: append at the end
-            slots = self.size + uniq_j - have
-            slots[~fresh] = pos[uniq_j[~fresh]]
-            self._write(slots, last, x, y, t, extras)
+            have = len(pos)                                  # == min(seen, q)
+            # Reservoir within the class: its slot j is pos[j] if j < have, else appended (the
+            # class's new slots are have, have + 1, ...: the first samples to fill them).
+            j, rows = reservoir_slots(seen, len(src), q, self.generator)
+            fresh = j >= have
+            slots = self.size + j - have
+            slots[~fresh] = pos[j[~fresh]]
+            self._write(slots, src[rows], x, y, t, extras)
             self.size += int(fresh.sum())
         self.n_seen += n
 

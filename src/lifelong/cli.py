@@ -24,7 +24,8 @@ class RichMonitor:
 
         self.n = n_experiences
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), console=console,
+                                 TextColumn("loss {task.fields[loss]}"), TextColumn("acc {task.fields[acc]}"),
+                                 TimeElapsedColumn(), console=console,
                                  transient=False)
         self.task = None
 
@@ -32,12 +33,13 @@ class RichMonitor:
         if self.task is None:
             self.progress.start()
         self.every = max(1, n_iters // 50)
-        self.task = self.progress.add_task(f"experience {exp.index + 1}/{self.n}", total=n_iters, loss="-")
+        self.task = self.progress.add_task(f"experience {exp.index + 1}/{self.n}", total=n_iters, loss="-", acc="-")
 
-    def step(self, it, loss):
+    def step(self, it, loss, continual_acc=None):
         if (it + 1) % self.every == 0:
             self.loss = float(loss.detach())
-            self.progress.update(self.task, completed=it + 1, loss=f"{self.loss:.3f}")
+            acc = "-" if continual_acc is None else f"{100 * continual_acc:.1f}"
+            self.progress.update(self.task, completed=it + 1, loss=f"{self.loss:.3f}", acc=acc)
 
     def end(self, exp, result):
         total = self.progress.tasks[-1].total
@@ -245,6 +247,18 @@ def list_cmd(what):
             params = ", ".join(f"{k}={f.default!r}" for k, f in fields.items())
             t.add_row(name, ",".join(cls.scenarios), params, cls.paper)
         console.print(t)
+
+
+@cli.command("report")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Report folder (default: RUN_DIR/report for a single folder; required for several).")
+@click.option("--force", is_flag=True, help="Replace report.html and its figures in an existing report folder.")
+def report_cmd(run_dirs, out_dir, force):
+    """Write a self-contained HTML report (with PNG figures) for run or sweep folders."""
+    from .report import write_report
+
+    click.echo(str(write_report(list(run_dirs), out_dir, force=force)))
 
 
 def main(argv=None):

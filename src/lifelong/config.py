@@ -61,7 +61,29 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     reset_optimizer: bool = True
-    eval_batch_size: int = Field(1000, ge=1)
+
+
+class EvalConfig(BaseModel):
+    """End-of-experience evaluation is always exact on the full test sets; ``every`` adds
+    continual evaluation (every ``every`` iterations, on ``subsample`` fixed samples per seen
+    experience) for the stability-gap metrics. ``every: null`` turns it off."""
+
+    model_config = _STRICT
+    every: Optional[int] = Field(10, ge=1)
+    subsample: int = Field(500, ge=1)
+    split: Literal["test", "valid"] = "test"
+    batch_size: int = Field(1000, ge=1)
+
+
+class TrackingConfig(BaseModel):
+    """Optional logging (needs ``pip install -e '.[tracking]'``): TensorBoard event files in the
+    run folder's ``tensorboard/``; MLflow to a local store (default ``./mlruns``)."""
+
+    model_config = _STRICT
+    tensorboard: bool = False
+    mlflow: bool = False
+    mlflow_uri: Optional[str] = None
+    every: int = Field(10, ge=1)  # log the training loss every N iterations
 
 
 class RunConfig(BaseModel):
@@ -70,6 +92,8 @@ class RunConfig(BaseModel):
     model: ModelConfig = ModelConfig()
     strategy: StrategyConfig = StrategyConfig()
     train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    tracking: TrackingConfig = TrackingConfig()
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: Optional[int] = Field(None, ge=1)  # torch intra-op threads; None: torch's default

@@ -73,7 +73,8 @@ def run(config: RunConfig | dict, monitor=None) -> dict:
     t0 = time.perf_counter()
     result = train(stream.to(device), strategy, make_optimizer_factory(cfg.train), batch_size=cfg.train.batch_size,
                    iterations=cfg.train.iterations, epochs=cfg.train.epochs, seed=cfg.seed,
-                   reset_optimizer=cfg.train.reset_optimizer, eval_batch_size=cfg.train.eval_batch_size,
+                   reset_optimizer=cfg.train.reset_optimizer, eval_batch_size=cfg.eval.batch_size,
+                   eval_every=cfg.eval.every, eval_subsample=cfg.eval.subsample, eval_split=cfg.eval.split,
                    monitor=monitor)
     wall = time.perf_counter() - t0
     out = {
@@ -91,6 +92,8 @@ def run(config: RunConfig | dict, monitor=None) -> dict:
         "initial_accuracy": result.initial_aware if result.task_aware else result.initial_agnostic,
         **result.metrics(),
         "train_loss": result.losses,
+        "boundaries": result.boundaries,
+        "continual": _continual_summary(result, cfg),
         "wall_time_s": wall,
         "train_time_s": result.train_time_s,
         "eval_time_s": result.eval_time_s,
@@ -98,26 +101,69 @@ def run(config: RunConfig | dict, monitor=None) -> dict:
         "device": str(device),
     }
     out["_state"] = {"model": model.state_dict(), "strategy": strategy.extra_state()}
+    out["_curve"] = result.curve
     return out
 
 
+def _continual_summary(result, cfg) -> dict | None:
+    if result.curve is None:
+        return None
+    from .continual_metrics import summary
+
+    steps, acc = result.curve
+    out = summary(steps, acc, result.boundaries)
+    out.update(eval_every=cfg.eval.every, subsample=cfg.eval.subsample, eval_time_s=result.continual_eval_time_s)
+    return out
+
+
+def write_curve(path: Path, curve) -> None:
+    """``curves.csv``: step, experience (being trained), eval_experience, accuracy."""
+    import numpy as np
+
+    steps, acc = curve
+    with open(path, "w") as f:
+        f.write("step,experience,eval_experience,accuracy\n")
+        for s, row in zip(steps, acc):
+            seen = np.flatnonzero(~np.isnan(row))
+            cur = int(seen.max()) if len(seen) else 0
+            for j in seen:
+                f.write(f"{int(s)},{cur},{int(j)},{row[j]:.6f}\n")
+
+
 def run_to_folder(config: RunConfig | dict, out_dir: str | Path, monitor=None) -> dict:
-    """Run and write ``out_dir``; refuses to touch an existing non-empty folder."""
+    """Run and write ``out_dir``; refuses to touch an existing non-empty folder.
+
+    Everything is written into a temporary sibling folder first and renamed at the end."""
+    from .tracking import MLflowMonitor, MultiMonitor, TensorBoardMonitor
+
     out_dir = Path(out_dir)
     check_out_dir(out_dir)
     cfg = config if isinstance(config, RunConfig) else parse_config(config)
-    res = run(cfg, monitor)
-    state = res.pop("_state")
     tmp = out_dir.with_name(out_dir.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    (tmp / "results.json").write_text(json.dumps(res, indent=2))
-    (tmp / "config.yaml").write_text(yaml.safe_dump(res["config"], sort_keys=False))
-    torch.save(state, tmp / "checkpoint.pt")
-    check_out_dir(out_dir)
-    if out_dir.exists():
-        out_dir.rmdir()  # empty (checked above)
-    tmp.rename(out_dir)
+    try:
+        tr = cfg.tracking
+        monitors = MultiMonitor(
+            monitor,
+            TensorBoardMonitor(tmp / "tensorboard", tr.every, cfg.to_dict()) if tr.tensorboard else None,
+            MLflowMonitor(tr.mlflow_uri, run_name=out_dir.name, config=cfg.to_dict(), every=tr.every)
+            if tr.mlflow else None)
+        with monitors:
+            res = run(cfg, monitors)
+            state, curve = res.pop("_state"), res.pop("_curve")
+            (tmp / "results.json").write_text(json.dumps(res, indent=2))
+            monitors.close(res, results_path=tmp / "results.json")
+        (tmp / "config.yaml").write_text(yaml.safe_dump(res["config"], sort_keys=False))
+        torch.save(state, tmp / "checkpoint.pt")
+        if curve is not None:
+            write_curve(tmp / "curves.csv", curve)
+        check_out_dir(out_dir)
+        if out_dir.exists():
+            out_dir.rmdir()  # empty (checked above)
+        tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return res
 
 
@@ -131,4 +177,5 @@ def run_config_dict(cfg: dict) -> dict:
     """Top-level (picklable) entry for executors: a config dict -> results without state."""
     res = run(cfg)
     res.pop("_state", None)
+    res.pop("_curve", None)
     return res

@@ -8,7 +8,8 @@ from typing import Callable
 import torch
 
 from . import metrics
-from .streams import Experience, Split, Stream
+from .evaluation import ContinualEvaluator, evaluate
+from .streams import Stream
 from .strategies.base import Batch, Strategy
 
 
@@ -29,33 +30,6 @@ def index_batches(n: int, batch_size: int, generator: torch.Generator, iteration
                 return
 
 
-@torch.no_grad()
-def evaluate(strategy: Strategy, experiences: list[Experience], batch_size: int = 1000,
-             split: str = "test") -> tuple[list[float], list[float]]:
-    """Accuracy on each experience: (task-agnostic, task-aware).
-
-    Task-agnostic takes the argmax over every output; task-aware only over the experience's
-    own classes (the task id is known at test time)."""
-    model = strategy.model
-    was_training = model.training
-    model.eval()
-    agnostic, aware = [], []
-    for exp in experiences:
-        data: Split = getattr(exp, split)
-        classes = torch.as_tensor(exp.classes, device=data.y.device)
-        hit_any = hit_task = 0
-        for s in range(0, len(data), batch_size):
-            x, y = data.x[s:s + batch_size], data.y[s:s + batch_size]
-            scores = strategy.predict(x, None)
-            hit_any += (scores.argmax(1) == y).sum().item()
-            hit_task += (classes[scores[:, classes].argmax(1)] == y).sum().item()
-        n = max(len(data), 1)
-        agnostic.append(hit_any / n)
-        aware.append(hit_task / n)
-    model.train(was_training)
-    return agnostic, aware
-
-
 @dataclass
 class RunResult:
     scenario: str
@@ -66,6 +40,9 @@ class RunResult:
     losses: list[float] = field(default_factory=list)  # mean training loss per experience
     train_time_s: float = 0.0
     eval_time_s: float = 0.0
+    boundaries: list[int] = field(default_factory=list)  # global step at which each experience ended
+    curve: tuple | None = None  # (steps (S,), acc (S, T)) from continual evaluation
+    continual_eval_time_s: float = 0.0
 
     @property
     def task_aware(self) -> bool:
@@ -86,12 +63,17 @@ class RunResult:
 
 def train(stream: Stream, strategy: Strategy, make_optimizer: Callable, *, batch_size: int = 128,
           iterations: int | None = None, epochs: int = 1, seed: int = 0, reset_optimizer: bool = True,
-          eval_batch_size: int = 1000, monitor=None) -> RunResult:
+          eval_batch_size: int = 1000, eval_every: int | None = None, eval_subsample: int = 1000,
+          eval_split: str = "test", monitor=None) -> RunResult:
     """Train ``strategy`` (set up with its model) on every experience of ``stream`` in order,
-    evaluating on all test experiences after each one."""
+    evaluating on all test experiences after each one and, with ``eval_every``, on a fixed
+    subsample of the seen experiences every ``eval_every`` iterations (continual evaluation)."""
     model, dev = strategy.model, strategy.device
     g = torch.Generator().manual_seed(seed)
     result = RunResult(stream.scenario)
+    cont = None if not eval_every else ContinualEvaluator(
+        stream.experiences, stream.n_classes, eval_every, eval_subsample, stream.scenario == "task", seed, eval_split)
+    step = 0
     t0 = time.perf_counter()
     result.initial_agnostic, result.initial_aware = evaluate(strategy, stream.experiences, eval_batch_size)
     result.eval_time_s += time.perf_counter() - t0
@@ -119,9 +101,13 @@ def train(stream: Stream, strategy: Strategy, make_optimizer: Callable, *, batch
             optimizer.step()
             strategy.after_step(batch, logits.detach())
             loss_sum += loss.detach()
+            step += 1
+            if cont:
+                cont.maybe_evaluate(strategy, step, exp.index + 1)
             if monitor:
-                monitor.step(it, loss)
+                monitor.step(it, loss, cont.latest if cont else None)
         strategy.after_experience(exp)
+        result.boundaries.append(step)
         result.losses.append(loss_sum.item() / max(n_iters, 1))
         t1 = time.perf_counter()
         agn, awr = evaluate(strategy, stream.experiences, eval_batch_size)
@@ -132,6 +118,9 @@ def train(stream: Stream, strategy: Strategy, make_optimizer: Callable, *, batch
         result.eval_time_s += t2 - t1
         if monitor:
             monitor.end(exp, result)
+    if cont:
+        result.curve, result.continual_eval_time_s = cont.curve(), cont.time_s
+        result.train_time_s -= cont.time_s
     return result
 
 

@@ -47,8 +47,9 @@ CIFAR100_FILES = {
     "meta": (1473, "7973b15100ade9c7d40fb424638fde48"),
 }
 CIFAR10_LAYOUT = ("<data_dir>/cifar-10-batches-py/ holding data_batch_1 ... data_batch_5, test_batch and "
-                  "batches.meta (the extracted cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html; "
-                  "data_dir may also be the cifar-10-batches-py folder itself)")
+                  "batches.meta (the extracted cifar-10-python.tar.gz from "
+                  "https://www.cs.toronto.edu/~kriz/cifar.html; data_dir may also be the cifar-10-batches-py "
+                  "folder itself)")
 CIFAR100_LAYOUT = ("<data_dir>/cifar-100-python/ holding train, test and meta (the extracted "
                    "cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html; data_dir may also be "
                    "the cifar-100-python folder itself)")

@@ -72,7 +72,8 @@ class Strategy:
     @classmethod
     def get_param_names(cls) -> list[str]:
         sig = inspect.signature(cls.__init__)
-        return [p for p in sig.parameters if p != "self" and sig.parameters[p].kind == p.POSITIONAL_OR_KEYWORD]
+        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        return [p for p in sig.parameters if p != "self" and sig.parameters[p].kind == kind]
 
     def get_params(self) -> dict[str, Any]:
         return {p: getattr(self, p) for p in self.get_param_names()}

@@ -66,3 +66,4 @@ class ER(Strategy):
     def load_extra_state(self, state):
         self.buffer_ = make_buffer(self.mem_policy, self.mem_size, self.mem_per_class)
         self.buffer_.load_state_dict(state["buffer"])
+        self.buffer_.to(self.device)

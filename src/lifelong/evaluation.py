@@ -1,0 +1,107 @@
+"""Evaluation: exact end-of-experience accuracy, and continual evaluation during training.
+
+Continual evaluation (De Lange, van de Ven & Tuytelaars, ICLR 2023) evaluates every ``every``
+training iterations on a fixed subsample of each seen experience's test (or validation) set,
+drawn once per seed, so that the temporary collapse of old-experience accuracy when a new
+experience starts (the stability gap) becomes visible. Evaluation runs without autograd, in
+one batched forward over all seen experiences, and its time is measured apart from training.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from .streams import Experience, Split
+
+
+@torch.no_grad()
+def evaluate(strategy, experiences: list[Experience], batch_size: int = 1000,
+             split: str = "test") -> tuple[list[float], list[float]]:
+    """Accuracy on each experience: (task-agnostic, task-aware).
+
+    Task-agnostic takes the argmax over every output; task-aware only over the experience's
+    own classes (the task id is known at test time)."""
+    model = strategy.model
+    was_training = model.training
+    model.eval()
+    agnostic, aware = [], []
+    for exp in experiences:
+        data: Split = getattr(exp, split)
+        classes = torch.as_tensor(exp.classes, device=data.y.device)
+        hit_any = hit_task = 0
+        for s in range(0, len(data), batch_size):
+            x, y = data.x[s:s + batch_size], data.y[s:s + batch_size]
+            scores = strategy.predict(x, None)
+            hit_any += (scores.argmax(1) == y).sum().item()
+            hit_task += (classes[scores[:, classes].argmax(1)] == y).sum().item()
+        n = max(len(data), 1)
+        agnostic.append(hit_any / n)
+        aware.append(hit_task / n)
+    model.train(was_training)
+    return agnostic, aware
+
+
+class ContinualEvaluator:
+    """Evaluates every ``every`` iterations on ``subsample`` fixed samples per seen experience.
+
+    The curve is ``steps`` (S,) and ``acc`` (S, T), NaN for experiences not seen yet.
+    """
+
+    def __init__(self, experiences: list[Experience], n_classes: int, every: int, subsample: int = 1000,
+                 task_aware: bool = False, seed: int = 0, split: str = "test", batch_size: int = 5000):
+        self.every, self.task_aware, self.batch_size = every, task_aware, batch_size
+        g = torch.Generator().manual_seed(seed + 104729)
+        xs, ys, ends = [], [], []
+        masks = torch.zeros(len(experiences), n_classes, dtype=torch.bool)
+        for j, e in enumerate(experiences):
+            data = getattr(e, split)
+            idx = torch.randperm(len(data), generator=g)[:subsample].to(data.y.device)
+            xs.append(data.x[idx])
+            ys.append(data.y[idx])
+            ends.append(sum(len(y) for y in ys))
+            masks[j, e.classes] = True
+        self.x, self.y = torch.cat(xs), torch.cat(ys)
+        self.ends = ends
+        self.seg = torch.cat([torch.full((len(y),), j, dtype=torch.long) for j, y in enumerate(ys)]).to(self.y.device)
+        self.masks = masks.to(self.y.device)
+        self.T = len(experiences)
+        self.steps: list[int] = []
+        self.rows: list[np.ndarray] = []
+        self.time_s = 0.0
+
+    @torch.no_grad()
+    def maybe_evaluate(self, strategy, step: int, seen: int) -> None:
+        """After global iteration ``step`` (1-based) with experiences 0..seen-1 seen."""
+        if step % self.every:
+            return
+        t0 = time.perf_counter()
+        model = strategy.model
+        model.eval()
+        end = self.ends[seen - 1]
+        hits = []
+        for s in range(0, end, self.batch_size):
+            x, y, seg = self.x[s:min(s + self.batch_size, end)], self.y[s:min(s + self.batch_size, end)], \
+                self.seg[s:min(s + self.batch_size, end)]
+            scores = strategy.predict(x, None)
+            if self.task_aware:
+                scores = scores.masked_fill(~self.masks[seg], float("-inf"))
+            hits.append(scores.argmax(1) == y)
+        hit = torch.cat(hits).float()
+        seg = self.seg[:end]
+        acc = torch.zeros(seen, device=hit.device).index_add_(0, seg, hit) / torch.bincount(seg, minlength=seen)
+        row = np.full(self.T, np.nan)
+        row[:seen] = acc.cpu().numpy()
+        self.steps.append(step)
+        self.rows.append(row)
+        model.train()
+        self.time_s += time.perf_counter() - t0
+
+    @property
+    def latest(self) -> float | None:
+        return float(np.nanmean(self.rows[-1])) if self.rows else None
+
+    def curve(self) -> tuple[np.ndarray, np.ndarray]:
+        acc = np.stack(self.rows) if self.rows else np.zeros((0, self.T))
+        return np.asarray(self.steps, dtype=np.int64), acc

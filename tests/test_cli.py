@@ -65,3 +65,19 @@ def test_list_shows_benchmarks_and_strategy_parameters(capsys):
 def test_console_script_entry_point():
     out = subprocess.run([sys.executable, "-m", "lifelong.cli", "list", "strategies"], capture_output=True, text=True)
     assert out.returncode == 0 and "finetune" in out.stdout
+
+
+def test_config_strategy_parameters_apply_to_the_listed_strategies_that_take_them(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("benchmark: {name: split-digits}\nstrategy: {name: er, mem_size: 30}\n"
+                   "train: {iterations: 5}\nmodel: {hidden: [16]}\n")
+    code, _, err = _run(["run", "--config", str(cfg), "--strategy", "finetune,er", "--quiet", "--out",
+                         str(tmp_path / "s")], capsys)
+    assert code == 0, err
+    er = json.loads((tmp_path / "s" / "er" / "seed-0" / "results.json").read_text())
+    ft = json.loads((tmp_path / "s" / "finetune" / "seed-0" / "results.json").read_text())
+    assert er["config"]["strategy"] == {"name": "er", "mem_size": 30}
+    assert ft["config"]["strategy"] == {"name": "finetune"}
+    code, _, err = _run(["run", "--config", str(cfg), "--strategy", "finetune,joint", "--out",
+                         str(tmp_path / "t")], capsys)
+    assert code == 2 and "mem_size" in err

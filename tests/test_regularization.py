@@ -300,3 +300,36 @@ def test_parameter_names_are_unique_and_compose_runs(streams):
     assert all(p > 0 for e, p in log[21:]) and all(p == 0 for e, p in log[:20])
     ewc, si = combo.members
     assert ewc.terms_ and si.omega_
+
+
+@pytest.mark.parametrize("labels", ["all", "true"])
+def test_ewc_fast_linear_fisher_equals_the_general_path(labels, monkeypatch):
+    from lifelong.models import build_model
+    from lifelong.strategies import ewc as ewc_mod
+
+    torch.manual_seed(0)
+    model = build_model("mlp", (1, 6, 6), 10, "class", hidden=[16, 8])
+    model.observe([0, 1, 2, 3], 0)
+    x, y = torch.rand(70, 1, 6, 6), torch.randint(0, 4, (70,))
+    exp = Experience(0, 0, [0, 1, 2, 3], Split(x, y), Split(x[:0], y[:0]), Split(x, y))
+    fast = EWC(ewc_fisher_labels=labels).setup(model).estimate_fisher(exp)
+    called = []
+    monkeypatch.setattr(ewc_mod, "_accumulate_linear", lambda *a: called.append(1))
+    monkeypatch.setattr(ewc_mod, "_linear_layers", lambda *a: None)
+    slow = EWC(ewc_fisher_labels=labels).setup(model).estimate_fisher(exp)
+    assert not called
+    for n in slow:
+        torch.testing.assert_close(fast[n], slow[n], rtol=1e-4, atol=1e-8)
+
+
+def test_ewc_fisher_of_a_cnn_takes_the_general_path_and_is_exact():
+    from lifelong.models import SmallCNN
+
+    torch.manual_seed(0)
+    model = ContinualModel(SmallCNN((1, 8, 8), channels=[2], hidden=4), Head(4, 3))
+    x, y = torch.rand(3, 1, 8, 8), torch.tensor([0, 2, 1])
+    exp = Experience(0, 0, [0, 1, 2], Split(x, y), Split(x[:0], y[:0]), Split(x, y))
+    got = EWC(ewc_fisher_labels="all").setup(model).estimate_fisher(exp)
+    want = _loop_fisher(model, x, y, torch.zeros(3, dtype=torch.long), "all")
+    for n in want:
+        torch.testing.assert_close(got[n], want[n], rtol=1e-5, atol=1e-8)

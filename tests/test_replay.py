@@ -391,3 +391,18 @@ def test_agem_beats_finetuning_in_domain_il(seed):
     ft = _finetune("domain", seed)
     acc = _avg_acc("agem", "domain", seed, mem_per_class=100)
     assert acc > ft + 0.1, (acc, ft)
+
+
+def test_er_new_weight_weighs_new_and_replayed_losses():
+    import torch.nn.functional as F
+
+    from lifelong.strategies.base import Batch
+    from lifelong.strategies.er import ER
+
+    torch.manual_seed(0)
+    logits, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 0, 1])
+    b = Batch(logits, y, torch.zeros(6, dtype=torch.long), n_new=2)
+    s = ER(er_new_weight=0.3)
+    want = 0.3 * F.cross_entropy(logits[:2], y[:2]) + 0.7 * F.cross_entropy(logits[2:], y[2:])
+    assert torch.allclose(s.loss(logits, b), want)
+    assert torch.allclose(ER().loss(logits, b), F.cross_entropy(logits, y))

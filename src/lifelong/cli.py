@@ -155,12 +155,20 @@ def run_cmd(config_file, benchmark, scenario, strategy, seed, seeds, iterations,
     strategies = [s.strip() for s in strategy.split(",")] if strategy else [data.get("strategy", {}).get("name", "finetune")]
     seed_list = _parse_seeds(seeds) if seeds else [data.get("seed", 0)]
     configs = []
+    params = {k: v for k, v in data.get("strategy", {}).items() if k != "name"}
+    used = set()
     for s in strategies:
+        # strategy parameters in the config apply to each listed strategy that takes them
+        accepted = _strategy_param_names(s) if len(strategies) > 1 else set(params)
+        used |= accepted
         for sd in seed_list:
             d = json.loads(json.dumps(data))
-            set_key(d, "strategy.name", s)
+            d["strategy"] = {"name": s, **{k: v for k, v in params.items() if k in accepted}}
             d["seed"] = sd
             configs.append(parse_config(d).to_dict())  # validate everything before running anything
+    unused = sorted(set(params) - used)
+    if unused:
+        raise LifelongError(f"strategy parameter '{unused[0]}' applies to none of the strategies {strategies}")
     base = Path(out_dir) if out_dir else _default_out(configs[0], len(configs) > 1)
     check_out_dir(base)
     if len(configs) == 1:
@@ -190,6 +198,12 @@ def run_cmd(config_file, benchmark, scenario, strategy, seed, seeds, iterations,
     (base / "summary.md").write_text(md)
     console.print(md)
     console.print(f"run folder: {base}")
+
+
+def _strategy_param_names(name: str) -> set[str]:
+    from .strategies import get_strategy_class
+
+    return {p for n in name.split("+") for p in get_strategy_class(n.strip()).get_param_names()}
 
 
 def _run_into(item):

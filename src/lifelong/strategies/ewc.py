@@ -25,13 +25,17 @@ was stored (new task heads) are not penalised by it.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .base import Strategy
 
 LABELS = ("all", "sample", "predicted", "true")
-CHUNK = 32  # samples per batched per-sample-gradient pass
+CHUNK = 32  # samples per batched per-sample-gradient pass (general models)
+FAST_CHUNK = 1024  # samples per pass when every parameter is in an nn.Linear
 
 
 class EWC(Strategy):
@@ -85,37 +89,35 @@ class EWC(Strategy):
         idx = torch.randperm(len(data), generator=self.generator)[:n].to(data.y.device)
         named = [(k, p) for k, p in model.named_parameters() if p.requires_grad]
         fisher = {k: torch.zeros_like(p) for k, p in named}
+        linears = _linear_layers(model, named)  # None unless every parameter lives in an nn.Linear
+        chunk = FAST_CHUNK if linears else CHUNK
         was_training = model.training
         model.eval()
-        for s in range(0, n, CHUNK):
-            i = idx[s:s + CHUNK]
+        for s in range(0, n, chunk):
+            i = idx[s:s + chunk]
             t = data.t[i] if data.t is not None else torch.full((len(i),), exp.task_id, device=data.y.device)
-            logp = F.log_softmax(model(data.x[i], t), dim=1)
-            probs = logp.detach().exp()
-            labels = self.ewc_fisher_labels
-            if labels == "all":  # every active label, weighted by its predicted probability
-                cols = torch.nonzero(torch.isfinite(logp).any(0)).flatten().tolist()
-                targets = [(logp[:, c], probs[:, c]) for c in cols]
+            with _record_linear_io(linears) as io:
+                logp = F.log_softmax(model(data.x[i], t), dim=1)
+            targets = self._targets(logp, data.y[i])
+            if linears and io.complete(len(i)) and all(torch.isfinite(ll).all() for ll, _ in targets):
+                _accumulate_linear(fisher, linears, io, targets)
             else:
-                if labels == "true":
-                    y = data.y[i]
-                elif labels == "predicted":
-                    y = probs.argmax(1)
-                else:  # "sample"
-                    y = torch.multinomial(probs.cpu(), 1, generator=self.generator).flatten().to(probs.device)
-                targets = [(logp.gather(1, y[:, None]).squeeze(1), torch.ones(len(i), device=logp.device))]
-            # Per-sample gradients: one backward pass vmapped over the rows of the identity
-            # (is_grads_batched), so row b is d ll[b] / d theta. Unlike torch.func.vmap over the
-            # forward pass, this works with heads that write into slices (MultiHead).
-            eye = torch.eye(len(i), device=logp.device)
-            for j, (ll, w) in enumerate(targets):
-                grads = torch.autograd.grad(ll, [p for _, p in named], grad_outputs=eye, is_grads_batched=True,
-                                            retain_graph=j < len(targets) - 1, allow_unused=True)
-                for (k, _), g in zip(named, grads):
-                    if g is not None:
-                        fisher[k] += torch.einsum("b,b...->...", w, g * g)
+                _accumulate_per_sample(fisher, named, targets)
         model.train(was_training)
         return {k: f / max(n, 1) for k, f in fisher.items()}
+
+    def _targets(self, logp, y):
+        """(log-likelihood per sample, weight per sample) pairs, one per label considered."""
+        probs = logp.detach().exp()
+        labels = self.ewc_fisher_labels
+        if labels == "all":  # every active label, weighted by its predicted probability
+            cols = torch.nonzero(torch.isfinite(logp).any(0)).flatten().tolist()
+            return [(logp[:, c], probs[:, c]) for c in cols]
+        if labels == "predicted":
+            y = probs.argmax(1)
+        elif labels == "sample":
+            y = torch.multinomial(probs.cpu(), 1, generator=self.generator).flatten().to(probs.device)
+        return [(logp.gather(1, y[:, None]).squeeze(1), torch.ones(len(y), device=logp.device))]
 
     def extra_state(self):
         return {"terms": [{"fisher": dict(t["fisher"]), "anchor": dict(t["anchor"])} for t in self.terms_]}
@@ -123,3 +125,85 @@ class EWC(Strategy):
     def load_extra_state(self, state):
         self.terms_ = [{key: {n: v.to(self.device) for n, v in t[key].items()} for key in ("fisher", "anchor")}
                        for t in state["terms"]]
+
+
+# -- per-sample squared gradients ------------------------------------------------------------
+# For a linear layer out = a W^T + b, sample b's gradient is g_b a_b^T (g_b: the gradient at the
+# layer's output), so sum_b w_b grad_b^2 = (w g^2)^T a^2: one backward pass per label for a whole
+# chunk, exact, instead of one per sample. Used when every parameter lives in an nn.Linear that
+# runs once per forward on the whole chunk (MLPs); anything else takes the general path.
+
+def _linear_layers(model, named):
+    owner = {}
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            owner[id(m.weight)] = m
+            if m.bias is not None:
+                owner[id(m.bias)] = m
+    if not named or any(id(p) not in owner for _, p in named):
+        return None
+    names = {id(p): k for k, p in named}
+    layers = {}
+    for _, p in named:
+        m = owner[id(p)]
+        layers[m] = (names.get(id(m.weight)), names.get(id(m.bias)) if m.bias is not None else None)
+    return layers
+
+
+class _LinearIO:
+    def __init__(self):
+        self.calls: dict = {}
+
+    def complete(self, batch: int) -> bool:
+        return all(len(c) == 1 and c[0][0].shape[0] == batch for c in self.calls.values())
+
+
+@contextlib.contextmanager
+def _record_linear_io(layers):
+    io = _LinearIO()
+    if not layers:
+        yield io
+        return
+
+    def hook(module, inputs, output):
+        io.calls.setdefault(module, []).append((inputs[0].detach(), output))
+
+    handles = [m.register_forward_hook(hook) for m in layers]
+    try:
+        yield io
+    finally:
+        for h in handles:
+            h.remove()
+    for m in layers:
+        io.calls.setdefault(m, [])
+
+
+def _accumulate_linear(fisher, layers, io, targets):
+    mods = list(layers)
+    outs = [io.calls[m][0][1] for m in mods]
+    for j, (ll, w) in enumerate(targets):
+        grads = torch.autograd.grad(ll.sum(), outs, retain_graph=j < len(targets) - 1, allow_unused=True)
+        for m, g in zip(mods, grads):
+            if g is None:
+                continue
+            wg2 = w[:, None] * g * g
+            a = io.calls[m][0][0]
+            wname, bname = layers[m]
+            if wname is not None:
+                fisher[wname] += wg2.T @ (a * a)
+            if bname is not None:
+                fisher[bname] += wg2.sum(0)
+
+
+def _accumulate_per_sample(fisher, named, targets):
+    # One backward pass vmapped over the rows of the identity (is_grads_batched): row b is
+    # d ll[b] / d theta. Unlike torch.func.vmap over the forward, this works with heads that
+    # write into slices (MultiHead).
+    params = [p for _, p in named]
+    eye = torch.eye(len(targets[0][0]), device=targets[0][0].device)
+    for j, (ll, w) in enumerate(targets):
+        grads = torch.autograd.grad(ll, params, grad_outputs=eye, is_grads_batched=True,
+                                    retain_graph=j < len(targets) - 1, allow_unused=True)
+        for (k, _), g in zip(named, grads):
+            if g is not None:
+                fisher[k] += torch.einsum("b,b...->...", w, g * g)

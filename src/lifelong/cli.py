@@ -139,7 +139,7 @@ def run_cmd(config_file, benchmark, scenario, strategy, seed, seeds, iterations,
     """Train a strategy on a benchmark and report its accuracy matrix and metrics."""
     from .config import load_config_file, parse_config, set_key
     from .executor import get_executor
-    from .runner import check_out_dir, run_config_dict, run_to_folder
+    from .runner import check_out_dir, run_to_folder
 
     data = load_config_file(config_file) if config_file else {}
     for key, val in (("benchmark.name", benchmark), ("benchmark.scenario", scenario), ("seed", seed),
@@ -246,11 +246,13 @@ def list_cmd(what):
     from .strategies import STRATEGIES
 
     if what in ("all", "benchmarks"):
-        t = Table(title="benchmarks")
+        from .streams.presets import COMMON_KEYS
+
+        t = Table(title="benchmarks", caption=f"every benchmark also takes: {', '.join(sorted(COMMON_KEYS - {'name'}))}")
         for c in ("name", "default scenario", "keys", "description"):
             t.add_column(c)
         for name, p in presets().items():
-            t.add_row(name, p.default_scenario, ", ".join(sorted(p.keys - {"name"})), p.description)
+            t.add_row(name, p.default_scenario, ", ".join(sorted(p.keys - COMMON_KEYS)), p.description)
         console.print(t)
     if what in ("all", "strategies"):
         t = Table(title="strategies")
@@ -273,6 +275,140 @@ def report_cmd(run_dirs, out_dir, force):
     from .report import write_report
 
     click.echo(str(write_report(list(run_dirs), out_dir, force=force)))
+
+
+@cli.command("reproduce")
+@click.argument("protocol", required=False)
+@click.option("--list", "list_only", is_flag=True, help="List the protocols shipped with lifelong and exit.")
+@click.option("--seeds", help="Number of seeds (e.g. 5: seeds 0-4), or a list '0,1,2' / range '0-4'. "
+                              "Default: the protocol's.")
+@click.option("--scenarios", help="Comma-separated subset of task,domain,class (default: the protocol's).")
+@click.option("--methods", help="Comma-separated subset of the protocol's methods (default: all).")
+@click.option("--set", "overrides", multiple=True, metavar="[METHOD:]KEY=VALUE",
+              help="Override a config key in every run (or only METHOD's runs), e.g. --set train.iterations=50. "
+                   "Anything but device/threads/tracking marks the protocol as modified.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="Cache and report folder (default runs/reproduce/<protocol>, or <protocol>-modified). "
+                   "Finished runs in it are reused.")
+@click.option("--executor", type=click.Choice(["sequential", "process"]), default="sequential", show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True, help="Processes for --executor process.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def reproduce_cmd(protocol, list_only, seeds, scenarios, methods, overrides, out_dir, executor, workers, quiet):
+    """Reproduce a paper's table from a protocol (a shipped NAME or a .yaml PATH) and give a verdict per cell.
+
+    A cell passes when our mean is within 3 accuracy points of the published value, or within two
+    standard errors of our mean, whichever is larger. Exits with status 1 when any cell fails."""
+    from .reproduce import MODIFIED_BANNER, PASS, FAIL, available_protocols, load_protocol, reproduce
+
+    if list_only:
+        t = Table(title="protocols (lifelong reproduce NAME)")
+        t.add_column("name", no_wrap=True)
+        for c in ("scenarios", "methods", "seeds", "published"):
+            t.add_column(c)
+        for name in available_protocols():
+            p = load_protocol(name)
+            n_pub = sum(1 for s in p.scenarios for m in p.methods
+                        if s in p.method_scenarios(m) and p.published(s, m)["mean"] is not None)
+            n_cells = sum(1 for s in p.scenarios for m in p.methods if s in p.method_scenarios(m))
+            scen = ",".join(f"[bold]{s}[/bold]" if s in p.default_scenarios and p.default_scenarios != p.scenarios
+                            else s for s in p.scenarios)
+            t.add_row(name, scen, ", ".join(p.methods), str(p.seeds), f"{n_pub}/{n_cells} cells")
+        console.print(t)
+        for name in available_protocols():
+            console.print(f"[bold]{name}[/bold]: {load_protocol(name).title}")
+        return
+    if not protocol:
+        raise LifelongError("give a protocol NAME or PATH (see 'lifelong reproduce --list')")
+    seed_arg = None
+    if seeds:
+        seed_arg = _parse_seeds(seeds) if ("," in seeds or "-" in seeds) else _parse_seed_count(seeds)
+    split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
+    hooks = None if quiet else _ReproduceProgress()
+    try:
+        rep = reproduce(protocol, seeds=seed_arg, scenarios=split(scenarios), methods=split(methods),
+                        overrides=list(overrides), out=out_dir, executor=executor, workers=workers, hooks=hooks)
+    except KeyboardInterrupt:
+        if hooks:
+            hooks.stop()
+        err_console.print("interrupted; every finished run is kept in the cache folder: "
+                          "run the same command again to resume")
+        sys.exit(130)
+    finally:
+        if hooks:
+            hooks.stop()
+    S = rep.summary
+    colors = {PASS: "green", FAIL: "red"}
+    if S["modified"]:
+        console.print(f"[bold yellow]{MODIFIED_BANNER.upper()}[/bold yellow] (overrides: {', '.join(S['overrides'])})")
+    for scen in dict.fromkeys(r["scenario"] for r in S["cells"]):
+        t = Table(title=f"{S['protocol']}: {scen}-incremental ({S['metric']}, %)")
+        for c in ("method", "n", "ours ± SE", "published ± SEM", "diff", "tolerance", "verdict"):
+            t.add_column(c, justify="left" if c in ("method", "verdict") else "right")
+        for r in (r for r in S["cells"] if r["scenario"] == scen):
+            fmt = lambda m, s: "-" if m is None else (f"{m:.2f}" + ("" if s is None else f" ± {s:.2f}"))  # noqa: E731
+            v = r["verdict"]
+            pub = r["published"]
+            t.add_row(r["label"], str(r["n"]), fmt(r["mean"], r["se"]), fmt(pub["mean"], pub["sem"]),
+                      "-" if r["diff"] is None else f"{r['diff']:+.2f}",
+                      "-" if r["tolerance"] is None else f"±{r['tolerance']:.2f}",
+                      f"[{colors[v]}]{v}[/{colors[v]}]" if v in colors else v)
+        console.print(t)
+    c = S["counts"]
+    console.print(f"overall: [bold]{S['status']}[/bold] ({c[PASS]} pass, {c[FAIL]} fail, {c['n/a']} without published "
+                  f"value, {c['missing']} without runs); {rep.computed} runs computed, "
+                  f"{rep.reused} reused from the cache"
+                  + (f"; [yellow]{MODIFIED_BANNER}[/yellow]" if S["modified"] else ""))
+    console.print(f"results: {rep.files[0]} and {rep.files[1]}")
+    if rep.failed:
+        sys.exit(1)
+
+
+def _parse_seed_count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise LifelongError(f"--seeds must be a count like '5', or '0,1,2' / '0-4', got '{text}'") from None
+    if n < 1:
+        raise LifelongError(f"--seeds must be >= 1, got {n}")
+    return n
+
+
+class _ReproduceProgress:
+    """Hooks for lifelong.reproduce: one bar over the runs, a line per finished run."""
+
+    def __init__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=console, transient=False)
+        self.task = None
+        self.t0 = None
+
+    def start(self, total, cached, todo):
+        console.print(f"{total} runs: {cached} in the cache, {todo} to compute")
+        if todo:
+            self.progress.start()
+            self.task = self.progress.add_task("runs", total=todo)
+
+    def running(self, spec):
+        import time
+
+        self.t0 = time.perf_counter()
+        if self.task is not None:
+            self.progress.update(self.task, description=f"running {spec.label}")
+
+    def finished(self, spec, res):
+        wall = res.get("wall_time_s")
+        self.progress.console.print(f"done: {spec.label}: {100 * res['average_accuracy']:.2f}%"
+                                    + (f" ({wall:.0f} s)" if wall is not None else ""))
+        if self.task is not None:
+            self.progress.advance(self.task)
+
+    def stop(self):
+        if self.task is not None:
+            self.progress.update(self.task, description="runs")
+            self.progress.stop()
+            self.task = None
 
 
 def main(argv=None):

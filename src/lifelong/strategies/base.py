@@ -22,6 +22,7 @@ order and sums their penalties, so replay and a regulariser combine without new 
 """
 from __future__ import annotations
 
+import copy
 import inspect
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -195,3 +196,17 @@ class Compose(Strategy):
 
     def __repr__(self):
         return " + ".join(repr(m) for m in self.members)
+
+
+def frozen_copy(model: torch.nn.Module, state: dict | None = None) -> torch.nn.Module:
+    """An eval-mode copy of ``model`` with gradients off (the "old model" of distillation
+    methods); with ``state``, load that saved copy into it. The current model may have heads
+    the saved one lacked (never queried); a saved key the model lacks is an error."""
+    old = copy.deepcopy(model).eval()
+    for p in old.parameters():
+        p.requires_grad_(False)
+    if state is not None:
+        unexpected = old.load_state_dict(state, strict=False).unexpected_keys
+        if unexpected:
+            raise ValueError(f"saved old model does not fit the current model: {unexpected}")
+    return old

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Strategy
-from .lwf import frozen_copy
+from .base import Strategy, frozen_copy
 
 
 class FeatureDistillation(Strategy):
@@ -50,10 +49,4 @@ class FeatureDistillation(Strategy):
         return {"old_model": None if self.old_model_ is None else self.old_model_.state_dict()}
 
     def load_extra_state(self, state):
-        self.old_model_ = None
-        if state["old_model"] is not None:
-            self.old_model_ = frozen_copy(self.model)
-            # only the backbone is used; heads added since the copy was saved may be missing
-            unexpected = self.old_model_.load_state_dict(state["old_model"], strict=False).unexpected_keys
-            if unexpected:
-                raise ValueError(f"saved feature-distillation model does not fit the current model: {unexpected}")
+        self.old_model_ = None if state["old_model"] is None else frozen_copy(self.model, state["old_model"])

@@ -17,13 +17,11 @@ Representation Learning" (CVPR 2017).
   recomputed with the current model after each experience; scores are minus the distance,
   ``-inf`` for classes without exemplars.
 """
-import copy
-
 import torch
 import torch.nn.functional as F
 
 from ..streams import Split
-from .base import Strategy
+from .base import Strategy, frozen_copy
 
 
 def herding(features: torch.Tensor, m: int) -> torch.Tensor:
@@ -103,7 +101,7 @@ class ICaRL(Strategy):
             parts.append({k: v[idx] for k, v in pool.items()} | {"rank": rank})
         self.exemplars_ = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         self._update_means()
-        self.old_model_ = self._frozen_copy()
+        self.old_model_ = frozen_copy(self.model)
         self.model.train(was_training)
 
     def _update_means(self):
@@ -114,12 +112,6 @@ class ICaRL(Strategy):
         for c in torch.unique(e["y"]).tolist():
             means[c] = F.normalize(feats[e["y"] == c].mean(0), dim=0)
         self.class_means_ = means
-
-    def _frozen_copy(self):
-        old = copy.deepcopy(self.model).eval()
-        for p in old.parameters():
-            p.requires_grad_(False)
-        return old
 
     @torch.no_grad()
     def predict(self, x, task=None):
@@ -137,7 +129,4 @@ class ICaRL(Strategy):
         self.exemplars_ = {k: v.to(self.device) for k, v in state["exemplars"].items()} or None
         means = state["class_means"]
         self.class_means_ = means.to(self.device) if means is not None else None
-        self.old_model_ = None
-        if state["old_model"]:
-            self.old_model_ = self._frozen_copy()
-            self.old_model_.load_state_dict(state["old_model"])
+        self.old_model_ = frozen_copy(self.model, state["old_model"]) if state["old_model"] else None

@@ -29,12 +29,10 @@ The distillation is applied to every sample in the batch (replayed ones too, if 
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
 
-from .base import Strategy
+from .base import Strategy, frozen_copy
 
 
 def distill(new: torch.Tensor, old: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -89,18 +87,5 @@ class LwF(Strategy):
 
     def load_extra_state(self, state):
         self.old_tasks_ = list(state["old_tasks"])
-        self.old_model_ = None
-        if state["old_model"] is not None:
-            self.old_model_ = frozen_copy(self.model)
-            # the current model may already have a head the old one lacked: it is never queried
-            unexpected = self.old_model_.load_state_dict(state["old_model"], strict=False).unexpected_keys
-            if unexpected:
-                raise ValueError(f"saved LwF model does not fit the current model: {unexpected}")
+        self.old_model_ = None if state["old_model"] is None else frozen_copy(self.model, state["old_model"])
 
-
-def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """An eval-mode copy of ``model`` with gradients switched off."""
-    old = copy.deepcopy(model).eval()
-    for p in old.parameters():
-        p.requires_grad_(False)
-    return old

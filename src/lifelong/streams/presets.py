@@ -13,7 +13,7 @@ from ..errors import ConfigError
 from .base import Stream
 from .builders import permuted_stream, rotated_stream, sequence_stream, split_stream
 
-_COMMON = {"name", "scenario", "val_fraction", "data_dir"}
+COMMON_KEYS = {"name", "scenario", "val_fraction", "data_dir"}
 
 
 @dataclass
@@ -36,7 +36,7 @@ def _split(dataset: str) -> Preset:
                             val_fraction=cfg.val_fraction, seed=seed, name=f"split-{dataset}")
 
     return Preset(f"{dataset} classes split into experiences (default 5 x 2 for 10 classes)", "class",
-                  _COMMON | {"n_experiences", "classes_per_experience", "first_experience_classes", "class_order"},
+                  COMMON_KEYS | {"n_experiences", "classes_per_experience", "first_experience_classes", "class_order"},
                   build)
 
 
@@ -60,11 +60,11 @@ def _sequence(cfg, seed):
 def presets() -> dict[str, Preset]:
     out = {f"split-{d.replace('_', '-')}": _split(d) for d in DATASETS}
     out["permuted-mnist"] = Preset("MNIST with one fixed pixel permutation per experience (default 10)", "domain",
-                                   _COMMON | {"n_experiences", "permute_first"}, _permuted)
+                                   COMMON_KEYS | {"n_experiences", "permute_first"}, _permuted)
     out["rotated-mnist"] = Preset("MNIST rotated by a different angle per experience (default 10 in [0, 180))",
-                                  "domain", _COMMON | {"n_experiences", "angles"}, _rotated)
+                                  "domain", COMMON_KEYS | {"n_experiences", "angles"}, _rotated)
     out["mnist-fashion-animal"] = Preset("MNIST -> Fashion-MNIST -> Animal-MNIST, one experience each "
-                                         "(domain: shared 10 outputs; class: 30 classes)", "domain", _COMMON,
+                                         "(domain: shared 10 outputs; class: 30 classes)", "domain", COMMON_KEYS,
                                          _sequence)
     return out
 

@@ -2,7 +2,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test
+.PHONY: setup run test bench
 setup:
 	@bash scripts/setup.sh
 
@@ -13,3 +13,10 @@ run: setup
 # The test suite.
 test: setup
 	$(BIN)/python -m pytest
+
+# The speed benchmarks (overhead against plain PyTorch, long stream, evaluation cost): tables on
+# stdout, JSON and a combined README in benchmarks/results/. DEVICE=cuda runs them on the GPU;
+# BENCH_ARGS=--quick for smaller settings.
+DEVICE ?= cpu
+bench: setup
+	$(BIN)/python benchmarks/run_all.py --device $(DEVICE) $(BENCH_ARGS)

@@ -262,7 +262,8 @@ def test_extra_state_round_trip(streams, name, scenario):
             p.add_(0.01)
             q.add_(0.01)  # move away from the anchor so the penalty is not 0
     with torch.no_grad():
-        want, got = strategy.penalty(None, batch), fresh.penalty(None, batch)
+        want = strategy.penalty(strategy.model(batch.x, batch.t), batch)
+        got = fresh.penalty(fresh.model(batch.x, batch.t), batch)
     assert want > 0
     torch.testing.assert_close(got, want)
 

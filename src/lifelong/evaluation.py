@@ -26,20 +26,25 @@ def evaluate(strategy, experiences: list[Experience], batch_size: int = 1000,
     model = strategy.model
     was_training = model.training
     model.eval()
-    agnostic, aware = [], []
+    hits = []  # per experience: (2,) counts, kept on the device until all are done (no sync per batch)
     for exp in experiences:
         data: Split = getattr(exp, split)
         classes = torch.as_tensor(exp.classes, device=data.y.device)
-        hit_any = hit_task = 0
+        hit_any = torch.zeros((), dtype=torch.long, device=data.y.device)
+        hit_task = torch.zeros((), dtype=torch.long, device=data.y.device)
         for s in range(0, len(data), batch_size):
             x, y = data.x[s:s + batch_size], data.y[s:s + batch_size]
             scores = strategy.predict(x, None)
-            hit_any += (scores.argmax(1) == y).sum().item()
-            hit_task += (classes[scores[:, classes].argmax(1)] == y).sum().item()
-        n = max(len(data), 1)
-        agnostic.append(hit_any / n)
-        aware.append(hit_task / n)
+            hit_any += (scores.argmax(1) == y).sum()
+            hit_task += (classes[scores[:, classes].argmax(1)] == y).sum()
+        hits.append(torch.stack([hit_any, hit_task]))
     model.train(was_training)
+    if len({h.device for h in hits}) == 1:
+        counts = torch.stack(hits).tolist()
+    else:  # experiences on different devices
+        counts = [h.tolist() for h in hits]
+    agnostic = [a / max(len(getattr(e, split)), 1) for (a, _), e in zip(counts, experiences)]
+    aware = [t / max(len(getattr(e, split)), 1) for (_, t), e in zip(counts, experiences)]
     return agnostic, aware
 
 

@@ -89,12 +89,18 @@ def train(stream: Stream, strategy: Strategy, make_optimizer: Callable, *, batch
             monitor.start(exp, n_iters)
         model.train()
         loss_sum = torch.zeros((), device=dev)
+        # One task-id tensor per experience, expanded to each batch (no allocation per step; an
+        # expanded tensor cannot be written in place by mistake).
+        task = None if data.t is not None else torch.full((1,), exp.task_id, device=data.y.device)
         for it, idx in enumerate(index_batches(len(data), batch_size, g, iterations, epochs)):
             idx = idx.to(data.y.device)
-            t = data.t[idx] if data.t is not None else torch.full((len(idx),), exp.task_id, device=data.y.device)
+            t = data.t[idx] if task is None else task.expand(len(idx))
             batch = strategy.augment(Batch(data.x[idx], data.y[idx], t))
             logits = model(batch.x, batch.t)
-            loss = strategy.loss(logits, batch) + strategy.penalty(logits, batch)
+            loss = strategy.loss(logits, batch)
+            penalty = strategy.penalty(logits, batch)
+            if not (isinstance(penalty, float) and penalty == 0.0):  # no penalty: no extra op
+                loss = loss + penalty
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             strategy.before_step(batch)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..models import Head
 from .base import Strategy, frozen_copy
 
 
@@ -62,13 +63,21 @@ class LwF(Strategy):
         if self.old_model_ is None:
             return 0.0
         x = batch.x
+        # A shared head (Head, IncrementalHead) ignores the task id: one query of the old model,
+        # and the loop's logits already are the new model's answer (no second forward).
+        shared = isinstance(getattr(self.old_model_, "head", None), Head)
         with torch.no_grad():
             h_old = self.old_model_.features(x)
-            views: list[tuple[int, torch.Tensor]] = []
-            for t in self.old_tasks_:
-                out = self.old_model_.head(h_old, torch.full((len(x),), t, device=x.device))
-                if not any(torch.equal(out, v) for _, v in views):
-                    views.append((t, out))
+            if shared:
+                old = self.old_model_.head(h_old)
+            else:
+                views: list[tuple[int, torch.Tensor]] = []
+                for t in self.old_tasks_:
+                    out = self.old_model_.head(h_old, torch.full((len(x),), t, device=x.device))
+                    if not any(torch.equal(out, v) for _, v in views):
+                        views.append((t, out))
+        if shared:
+            return self.lwf_alpha * distill(logits, old, self.lwf_temperature)
         h_new = self.model.features(x)
         total = 0.0
         for t, old in views:

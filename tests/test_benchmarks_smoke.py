@@ -1,0 +1,57 @@
+"""The benchmark scripts (benchmarks/) still run, with tiny settings. No timing is asserted:
+speed goals live in the benchmarks' own output (benchmarks/results/)."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+overhead = pytest.importorskip("overhead")
+long_stream = pytest.importorskip("long_stream")
+eval_cost = pytest.importorskip("eval_cost")
+run_all = pytest.importorskip("run_all")
+
+
+def test_overhead_runs_and_both_sides_compute_the_same(tmp_path):
+    out = overhead.main(["--iterations", "3", "--pairs", "1", "--test-per-exp", "50", "--out", str(tmp_path / "o.json"), "--quiet"])
+    assert set(out["strategies"]) == {"finetune", "er", "ewc", "lwf"}
+    for name, r in out["strategies"].items():
+        assert len(r["ratios"]) == 1 and r["ratio"]["median"] > 0, name
+        assert r["check"]["steps"] == 15, name
+        assert r["check"]["first_losses_max_abs_diff"] < 1e-5, name
+    # the hand-written loop is the same computation as lifelong's: same numbers
+    for name in ("finetune", "er", "ewc"):
+        assert out["strategies"][name]["check"]["losses_identical"], name
+        assert out["strategies"][name]["check"]["accuracy_identical"], name
+    assert json.loads((tmp_path / "o.json").read_text())["benchmark"] == "overhead"
+
+
+def test_long_stream_runs(tmp_path):
+    out = long_stream.main(["--experiences", "5", "--train-per-exp", "100", "--test-per-exp", "20",
+                            "--iterations", "2", "--mem-size", "50", "--window", "2",
+                            "--out", str(tmp_path / "l.json"), "--quiet"])
+    per = out["per_experience"]
+    assert len(per["train_s"]) == len(per["eval_s"]) == len(per["rss_bytes"]) == 5
+    assert out["summary"]["buffer_size_constant"]
+    assert out["summary"]["buffer_samples_seen"] == 5 * 2 * 100
+    assert json.loads((tmp_path / "l.json").read_text())["benchmark"] == "long_stream"
+
+
+def test_eval_cost_runs(tmp_path):
+    out = eval_cost.main(["--iterations", "2", "--settings", "none,2/50", "--out", str(tmp_path / "e.json"),
+                          "--quiet"])
+    runs = {(r["strategy"], r["eval_every"]): r for r in out["runs"]}
+    assert set(runs) == {("finetune", None), ("finetune", 2), ("er", None), ("er", 2)}
+    assert runs[("er", None)]["continual_eval_s"] == 0 and runs[("er", 2)]["continual_evaluations"] == 5
+    assert all(0 < r["eval_share"] < 1 for r in out["runs"])
+
+
+def test_run_all_writes_results_and_readme(tmp_path):
+    run_all.main(["--results-dir", str(tmp_path), "--only", "long_stream",
+                  "--extra", "long_stream:--experiences 3 --train-per-exp 50 --test-per-exp 10 --iterations 1 "
+                  "--mem-size 20 --quiet"])
+    assert json.loads((tmp_path / "long_stream.json").read_text())["summary"]["window"] >= 1
+    assert "Long stream" in (tmp_path / "README.md").read_text()

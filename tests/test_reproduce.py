@@ -1,0 +1,215 @@
+"""Paper reproductions: protocol files, expansion, verdicts, the resumable cache and the CLI."""
+import json
+
+import pytest
+import yaml
+
+import lifelong.reproduce as rp
+from lifelong.cli import main
+from lifelong.config import parse_config
+from lifelong.errors import ConfigError
+
+TINY = ["--set", "benchmark.name=split-digits", "--set", "train.iterations=5", "--set", "model.hidden=[16]"]
+
+
+def _run(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return e.value.code or 0, out.out, out.err
+
+
+# ----------------------------------------------------------------------------- protocol files
+@pytest.mark.parametrize("name", rp.available_protocols())
+def test_shipped_protocols_parse_and_expand_to_valid_run_configs(name):
+    p = rp.load_protocol(name)
+    specs = rp.expand(p, scenarios=p.scenarios)
+    expected = sum(len(p.method_scenarios(m)) for m in p.methods) * p.seeds
+    assert len(specs) == expected
+    assert len({s.key for s in specs}) == len(specs)  # every (scenario, method, seed) is its own run
+    for s in specs:
+        assert parse_config(s.config).to_dict() == s.config
+        assert s.config["benchmark"]["scenario"] == s.scenario
+        assert s.config["eval"]["every"] is None and s.config["train"]["reset_optimizer"] is False
+    assert set(rp.available_protocols()) >= {"vandeven2022-splitmnist", "vandeven2022-permutedmnist"}
+
+
+def test_split_mnist_protocol_carries_the_reference_hyper_parameters():
+    p = rp.load_protocol("vandeven2022-splitmnist")
+    specs = rp.expand(p, seeds=1)
+    cfg = {(s.scenario, s.method): s.config for s in specs}
+    for scen, lam, c in (("task", 1e5, 10), ("domain", 1e10, 5e4), ("class", 1e9, 5e3)):
+        assert cfg[(scen, "ewc")]["strategy"]["ewc_lambda"] == lam
+        assert cfg[(scen, "si")]["strategy"]["si_c"] == c
+        assert cfg[(scen, "er")]["strategy"]["mem_per_class"] == 100
+    assert ("class", "icarl") in cfg and ("task", "icarl") not in cfg and ("domain", "icarl") not in cfg
+    base = cfg[("task", "none")]
+    assert base["model"]["hidden"] == [400, 400] and base["train"]["iterations"] == 2000
+    assert base["train"]["lr"] == 0.001 and base["train"]["batch_size"] == 128
+    assert base["benchmark"]["n_experiences"] == 5 and base["benchmark"]["class_order"] == "random"
+    # permuted MNIST: the primary scenario by default
+    pm = rp.load_protocol("vandeven2022-permutedmnist")
+    assert {s.scenario for s in rp.expand(pm, seeds=1)} == {"domain"}
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda d: d["scenarios"].update(bogus={}), "unknown scenario 'bogus'"),
+    (lambda d: d["published"]["task"].update(nope={"mean": 1.0}), "unknown method 'nope'"),
+    (lambda d: d["published"]["task"]["none"].update(mean="high"), "mean and sem must be numbers"),
+    (lambda d: d["methods"]["none"].pop("config"), "needs a 'config' mapping"),
+    (lambda d: d.update(tolerance={"points": -1}), "tolerance.points"),
+])
+def test_protocol_mistakes_are_one_clear_message(tmp_path, edit, needle):
+    data = _tiny_protocol()
+    edit(data)
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=needle):
+        rp.load_protocol(path)
+
+
+def test_a_bad_config_in_a_protocol_names_scenario_and_method(tmp_path):
+    data = _tiny_protocol()
+    data["scenarios"]["task"]["method_params"] = {"none": {"ewc_lambda": 1.0}}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="scenario 'task', method 'none'.*ewc_lambda"):
+        rp.expand(rp.load_protocol(path))
+
+
+# ----------------------------------------------------------------------------- verdicts
+@pytest.mark.parametrize("mean, se, pub, verdict, tol", [
+    (50.0, 0.5, 52.9, "PASS", 3.0),     # within 3 points
+    (50.0, 0.5, 47.1, "PASS", 3.0),
+    (50.0, 2.5, 54.5, "PASS", 5.0),     # outside 3 points but within 2 SE (large SE)
+    (50.0, 0.5, 53.5, "FAIL", 3.0),     # outside both
+    (50.0, 2.5, 55.5, "FAIL", 5.0),
+    (50.0, None, 52.0, "PASS", 3.0),    # one seed: only the 3-point rule
+    (50.0, None, 54.0, "FAIL", 3.0),
+    (50.0, 1.0, None, "n/a", None),     # no published value: no verdict
+    (None, None, 50.0, "missing", None),
+])
+def test_verdict_rule(mean, se, pub, verdict, tol):
+    assert rp.verdict(mean, se, pub) == (verdict, tol)
+
+
+def test_standard_error_is_sample_sd_over_sqrt_n():
+    assert rp.standard_error([1.0, 2.0, 3.0]) == pytest.approx(1.0 / 3 ** 0.5)
+    assert rp.standard_error([4.0]) is None
+
+
+def test_summary_on_hand_made_results():
+    p = rp.Protocol("t", _tiny_protocol())
+    specs = rp.expand(p, seeds=2)
+    accs = {("none", 0): 0.50, ("none", 1): 0.52, ("joint", 0): 0.70, ("joint", 1): 0.74}
+    results = {s.key: {"average_accuracy": accs[(s.method, s.seed)]} for s in specs}
+    S = rp.summarize(p, specs, results)
+    rows = {r["method"]: r for r in S["cells"]}
+    assert rows["none"]["mean"] == pytest.approx(51.0) and rows["none"]["se"] == pytest.approx(1.0)
+    assert rows["none"]["verdict"] == "PASS" and rows["none"]["diff"] == pytest.approx(-1.0)   # published 52
+    assert rows["joint"]["verdict"] == "FAIL"                                                  # published 99
+    assert S["status"] == "FAIL" and S["counts"] == {"PASS": 1, "FAIL": 1, "n/a": 0, "missing": 0}
+    md = rp.render_markdown(S)
+    assert "| None | 2 | 51.00 ± 1.00 | 52.00 ± 0.50 | -1.00 | ±3.00 | **PASS** |" in md
+
+
+# ----------------------------------------------------------------------------- overrides
+def test_overrides_mark_the_protocol_modified_except_execution_keys():
+    p = rp.Protocol("t", _tiny_protocol())
+    for text, modified in (("threads=1", False), ("device=cpu", False), ("train.iterations=6", True),
+                           ("joint:train.lr=0.1", True)):
+        ov = rp.parse_override(text)
+        specs = rp.expand(p, seeds=1, overrides=[ov])
+        assert rp.modified_by(p, specs, 1, None, None) is modified, text
+    specs = rp.expand(p, seeds=1, overrides=[rp.parse_override("joint:train.lr=0.1")])
+    assert {s.method: s.config["train"]["lr"] for s in specs} == {"none": 0.001, "joint": 0.1}
+    with pytest.raises(ConfigError, match="unknown method 'nope'"):
+        rp.expand(p, overrides=[rp.parse_override("nope:train.lr=0.1")])
+    with pytest.raises(ConfigError, match="unknown scenario 'class'"):
+        rp.expand(p, scenarios=["class"])
+
+
+# ----------------------------------------------------------------------------- resume + CLI
+def test_resume_reuses_finished_runs_and_recomputes_only_what_changed(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "rep"
+    argv = ["reproduce", "vandeven2022-splitmnist", "--scenarios", "task", "--methods", "none,joint", "--seeds", "2",
+            *TINY, "--out", str(out), "--quiet"]
+    calls = []
+    real = rp.run_and_store
+    monkeypatch.setattr(rp, "run_and_store", lambda item: calls.append(item) or real(item))
+    code, stdout, _ = _run(argv, capsys)
+    assert code == 0 and len(calls) == 4
+    assert "MODIFIED PROTOCOL" in stdout and "4 runs computed, 0 reused" in " ".join(stdout.split())
+    files = sorted((out / "runs").rglob("*.json"))
+    assert len(files) == 4
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["modified"] is True and summary["status"] == "NO VERDICT"
+    assert "modified protocol: verdicts are not comparable".upper() in (out / "results.md").read_text()
+
+    calls.clear()
+    code, stdout, _ = _run(argv, capsys)  # same command: nothing recomputed
+    assert code == 0 and calls == [] and "0 runs computed, 4 reused" in " ".join(stdout.split())
+    assert json.loads((out / "results.json").read_text())["cells"] == summary["cells"]
+
+    files[0].unlink()  # an interrupted run: only the missing one is computed
+    code, stdout, _ = _run(argv, capsys)
+    assert len(calls) == 1 and "1 runs computed, 3 reused" in " ".join(stdout.split())
+
+    calls.clear()  # a changed config is not mistaken for a finished run
+    changed = [a if a != "none,joint" else "none" for a in argv[:-3]]
+    code, stdout, _ = _run(changed + ["--set", "train.iterations=6", "--out", str(out), "--quiet"], capsys)
+    assert len(calls) == 2 and "2 runs computed, 0 reused" in " ".join(stdout.split())
+    calls.clear()  # execution keys (device, threads) do not invalidate the cache
+    code, stdout, _ = _run(argv[:-3] + ["--set", "threads=2", "--out", str(out), "--quiet"], capsys)
+    assert calls == [] and "0 runs computed, 4 reused" in " ".join(stdout.split())
+
+
+def test_a_failing_cell_gives_a_non_zero_exit_code(tmp_path, capsys):
+    data = _tiny_protocol()
+    data["published"]["task"]["joint"] = {"mean": 150.0, "sem": None}   # impossible
+    data["published"]["task"]["none"] = {"mean": None, "sem": None}
+    path = tmp_path / "impossible.yaml"
+    path.write_text(yaml.safe_dump(data))
+    code, stdout, _ = _run(["reproduce", str(path), "--seeds", "1", "--out", str(tmp_path / "o"), "--quiet"], capsys)
+    assert code == 1
+    assert "FAIL" in stdout and "MODIFIED" not in stdout
+    summary = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert summary["status"] == "FAIL" and summary["counts"]["FAIL"] == 1 and summary["counts"]["n/a"] == 1
+    assert "**FAIL**" in (tmp_path / "o" / "results.md").read_text()
+    # with no published value anywhere there is no verdict, and no failure
+    data["published"]["task"]["joint"] = {"mean": None, "sem": None}
+    path.write_text(yaml.safe_dump(data))
+    code, _, _ = _run(["reproduce", str(path), "--seeds", "1", "--out", str(tmp_path / "o"), "--quiet"], capsys)
+    assert code == 0
+
+
+def test_cli_list_and_errors(capsys, tmp_path):
+    code, stdout, _ = _run(["reproduce", "--list"], capsys)
+    assert code == 0
+    for name in rp.available_protocols():
+        assert name in stdout
+    code, _, err = _run(["reproduce", "no-such-protocol", "--out", str(tmp_path / "x")], capsys)
+    assert code == 2 and "unknown protocol 'no-such-protocol'" in " ".join(err.split())
+    code, _, err = _run(["reproduce", "vandeven2022-splitmnist", "--methods", "bogus", "--out", str(tmp_path / "x")],
+                        capsys)
+    assert code == 2 and "unknown method 'bogus'" in " ".join(err.split())
+    code, _, err = _run(["reproduce", "vandeven2022-splitmnist", "--seeds", "x", "--out", str(tmp_path / "x")], capsys)
+    assert code == 2 and "--seeds" in err
+
+
+def _tiny_protocol() -> dict:
+    return {
+        "name": "tiny",
+        "title": "a tiny protocol for tests",
+        "citation": {"paper": "nobody (2099)"},
+        "seeds": 2,
+        "base": {"benchmark": {"name": "split-digits", "n_experiences": 5}, "model": {"name": "mlp", "hidden": [16]},
+                 "train": {"iterations": 5, "batch_size": 32, "reset_optimizer": False}, "eval": {"every": None}},
+        "scenarios": {"task": {"label": "Task-IL", "config": {"benchmark": {"scenario": "task"}}}},
+        "methods": {"none": {"label": "None", "config": {"strategy": {"name": "finetune"}}},
+                    "joint": {"label": "Joint", "config": {"strategy": {"name": "joint"}}}},
+        "tolerance": {"points": 3.0, "se_multiplier": 2.0},
+        "published": {"source": "made up for a test", "task": {"none": {"mean": 52.0, "sem": 0.5},
+                                                               "joint": {"mean": 99.0, "sem": 0.1}}},
+    }

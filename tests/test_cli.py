@@ -78,6 +78,7 @@ def test_config_strategy_parameters_apply_to_the_listed_strategies_that_take_the
     ft = json.loads((tmp_path / "s" / "finetune" / "seed-0" / "results.json").read_text())
     assert er["config"]["strategy"] == {"name": "er", "mem_size": 30}
     assert ft["config"]["strategy"] == {"name": "finetune"}
+    cfg.write_text("benchmark: {name: split-digits}\nstrategy: {name: er, mem_sise: 30}\n")
     code, _, err = _run(["run", "--config", str(cfg), "--strategy", "finetune,joint", "--out",
                          str(tmp_path / "t")], capsys)
-    assert code == 2 and "mem_size" in err
+    assert code == 2 and "mem_sise" in err

@@ -159,16 +159,19 @@ def run_cmd(config_file, benchmark, scenario, strategy, seed, seeds, iterations,
     used = set()
     for s in strategies:
         # strategy parameters in the config apply to each listed strategy that takes them
-        accepted = _strategy_param_names(s) if len(strategies) > 1 else set(params)
+        accepted = _strategy_param_names(s) if strategy else set(params)
         used |= accepted
         for sd in seed_list:
             d = json.loads(json.dumps(data))
             d["strategy"] = {"name": s, **{k: v for k, v in params.items() if k in accepted}}
             d["seed"] = sd
             configs.append(parse_config(d).to_dict())  # validate everything before running anything
-    unused = sorted(set(params) - used)
-    if unused:
-        raise LifelongError(f"strategy parameter '{unused[0]}' applies to none of the strategies {strategies}")
+    from .strategies import STRATEGIES
+
+    known = {p for cls in STRATEGIES.values() for p in cls.get_param_names()}
+    unknown = sorted(set(params) - used - known)
+    if unknown:  # a typo, not a parameter meant for another strategy
+        raise LifelongError(f"strategy parameter '{unknown[0]}' belongs to no strategy; see 'lifelong list strategies'")
     base = Path(out_dir) if out_dir else _default_out(configs[0], len(configs) > 1)
     check_out_dir(base)
     if len(configs) == 1:

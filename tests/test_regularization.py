@@ -334,3 +334,26 @@ def test_ewc_fisher_of_a_cnn_takes_the_general_path_and_is_exact():
     want = _loop_fisher(model, x, y, torch.zeros(3, dtype=torch.long), "all")
     for n in want:
         torch.testing.assert_close(got[n], want[n], rtol=1e-5, atol=1e-8)
+
+
+def test_ewc_fast_fisher_applies_to_multi_head_models(monkeypatch):
+    """Other tasks' heads do not run on a task's samples; the fast path still applies."""
+    from lifelong.models import build_model
+    from lifelong.strategies import ewc as ewc_mod
+
+    torch.manual_seed(0)
+    model = build_model("mlp", (1, 6, 6), 4, "task", hidden=[8])
+    model.observe([0, 1], 0)
+    model.observe([2, 3], 1)
+    x, y = torch.rand(40, 1, 6, 6), torch.randint(2, 4, (40,))
+    exp = Experience(1, 1, [2, 3], Split(x, y), Split(x[:0], y[:0]), Split(x, y))
+    fast_calls = []
+    real = ewc_mod._accumulate_linear
+    monkeypatch.setattr(ewc_mod, "_accumulate_linear", lambda *a: (fast_calls.append(1), real(*a)))
+    fast = EWC().setup(model).estimate_fisher(exp)
+    assert fast_calls
+    monkeypatch.setattr(ewc_mod, "_linear_layers", lambda *a: None)
+    slow = EWC().setup(model).estimate_fisher(exp)
+    for n in slow:
+        torch.testing.assert_close(fast[n], slow[n], rtol=1e-4, atol=1e-8)
+    assert fast["head.heads.0.weight"].abs().sum() == 0

@@ -516,8 +516,9 @@ def reproduce(protocol: Protocol | str, *, seeds=None, scenarios=None, methods=N
 
     protocol = protocol if isinstance(protocol, Protocol) else load_protocol(protocol)
     overrides = [o if isinstance(o, Override) else parse_override(o) for o in overrides]
-    if executor == "process" and not any(o.key == "threads" for o in overrides):
-        overrides.append(Override("threads", max(1, (os.cpu_count() or 1) // max(workers, 1))))
+    if not any(o.key == "threads" for o in overrides):  # small models: one thread per run scales best
+        n = max(1, (os.cpu_count() or 1) // max(workers, 1)) if executor == "process" else 1
+        overrides.append(Override("threads", n))
     specs = expand(protocol, seeds, scenarios, methods, overrides)
     modified = modified_by(protocol, specs, seeds, scenarios, methods)
     out = Path(out) if out else default_out(protocol, modified)

@@ -155,7 +155,10 @@ class _LinearIO:
         self.calls: dict = {}
 
     def complete(self, batch: int) -> bool:
-        return all(len(c) == 1 and c[0][0].shape[0] == batch for c in self.calls.values())
+        """Each layer ran at most once, on the whole chunk (layers that did not run, such as
+        other tasks' heads, get no Fisher from this chunk)."""
+        called = [c for c in self.calls.values() if c]
+        return bool(called) and all(len(c) == 1 and c[0][0].shape[0] == batch for c in self.calls.values() if c)
 
 
 @contextlib.contextmanager
@@ -179,7 +182,7 @@ def _record_linear_io(layers):
 
 
 def _accumulate_linear(fisher, layers, io, targets):
-    mods = list(layers)
+    mods = [m for m in layers if io.calls[m]]
     outs = [io.calls[m][0][1] for m in mods]
     for j, (ll, w) in enumerate(targets):
         grads = torch.autograd.grad(ll.sum(), outs, retain_graph=j < len(targets) - 1, allow_unused=True)

@@ -17,13 +17,13 @@ selection, as in the paper (``mem_policy="class_balanced"``; the authors' MNIST 
 """
 import torch
 
-from ..buffers import make_buffer
-from .base import Batch, Strategy
+from ._memory import MemoryStrategy
+from .base import Batch
 
 EPS = 1e-7  # keeps the projection finite when g_ref = 0 (van de Ven's eps_agem)
 
 
-class AGEM(Strategy):
+class AGEM(MemoryStrategy):
     name = "agem"
     paper = "Chaudhry et al. 2019, Efficient Lifelong Learning with A-GEM"
 
@@ -34,15 +34,6 @@ class AGEM(Strategy):
         self.mem_policy = mem_policy
         self.mem_per_class = mem_per_class
         self.agem_sample_size = agem_sample_size
-
-    @property
-    def online(self) -> bool:
-        return self.mem_per_class is None and self.mem_policy == "reservoir"
-
-    def setup(self, model, device="cpu", seed=0):
-        super().setup(model, device, seed)
-        self.buffer_ = make_buffer(self.mem_policy, self.mem_size, self.mem_per_class, seed=seed + 2)
-        return self
 
     def before_step(self, batch):
         if len(self.buffer_) == 0:
@@ -62,21 +53,3 @@ class AGEM(Strategy):
         for p, _ in pairs:
             p.grad = g[offset:offset + p.numel()].view_as(p).clone()
             offset += p.numel()
-
-    def after_step(self, batch, logits):
-        if self.online:
-            n = batch.n_new
-            self.buffer_.add(batch.x[:n], batch.y[:n], batch.t[:n])
-
-    def after_experience(self, exp):
-        if not self.online:
-            d = exp.train
-            self.buffer_.add(d.x, d.y, d.t if d.t is not None else torch.full_like(d.y, exp.task_id))
-
-    def extra_state(self):
-        return {"buffer": self.buffer_.state_dict()}
-
-    def load_extra_state(self, state):
-        self.buffer_ = make_buffer(self.mem_policy, self.mem_size, self.mem_per_class)
-        self.buffer_.load_state_dict(state["buffer"])
-        self.buffer_.to(self.device)

@@ -23,14 +23,12 @@ replayed samples weigh alike). ``er_new_weight=w`` instead takes
 ``w * mean(CE new) + (1 - w) * mean(CE replayed)``, as De Lange, van de Ven & Tuytelaars
 (2023, the stability-gap paper) do with ``Lw_new = 0.3`` on Split MNIST.
 """
-import torch
 import torch.nn.functional as F
 
-from ..buffers import make_buffer
-from .base import Strategy
+from ._memory import MemoryStrategy
 
 
-class ER(Strategy):
+class ER(MemoryStrategy):
     name = "er"
     paper = "Chaudhry et al. 2019, On Tiny Episodic Memories in Continual Learning"
 
@@ -43,15 +41,6 @@ class ER(Strategy):
         self.replay_batch_size = replay_batch_size
         self.er_new_weight = er_new_weight
 
-    @property
-    def online(self) -> bool:
-        return self.mem_per_class is None and self.mem_policy == "reservoir"
-
-    def setup(self, model, device="cpu", seed=0):
-        super().setup(model, device, seed)
-        self.buffer_ = make_buffer(self.mem_policy, self.mem_size, self.mem_per_class, seed=seed + 2)
-        return self
-
     def augment(self, batch):
         if len(self.buffer_) == 0:
             return batch
@@ -62,21 +51,3 @@ class ER(Strategy):
         if w is None or n == len(batch.y):
             return F.cross_entropy(logits, batch.y)
         return w * F.cross_entropy(logits[:n], batch.y[:n]) + (1 - w) * F.cross_entropy(logits[n:], batch.y[n:])
-
-    def after_step(self, batch, logits):
-        if self.online:
-            n = batch.n_new
-            self.buffer_.add(batch.x[:n], batch.y[:n], batch.t[:n])
-
-    def after_experience(self, exp):
-        if not self.online:
-            d = exp.train
-            self.buffer_.add(d.x, d.y, d.t if d.t is not None else torch.full_like(d.y, exp.task_id))
-
-    def extra_state(self):
-        return {"buffer": self.buffer_.state_dict()}
-
-    def load_extra_state(self, state):
-        self.buffer_ = make_buffer(self.mem_policy, self.mem_size, self.mem_per_class)
-        self.buffer_.load_state_dict(state["buffer"])
-        self.buffer_.to(self.device)

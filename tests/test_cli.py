@@ -21,7 +21,7 @@ def _run(argv, capsys):
 def test_run_writes_results_and_prints_table(tmp_path, capsys):
     code, out, _ = _run(["run", *ARGS, "--out", str(tmp_path / "r")], capsys)
     assert code == 0
-    assert "average_accuracy" in out and "exp 5" in out
+    assert "average_accuracy" in out and "exp 5" in out and "continual wc_acc" in out
     res = json.loads((tmp_path / "r" / "results.json").read_text())
     assert res["config"]["train"]["iterations"] == 10 and res["config"]["model"]["hidden"] == [16]
 

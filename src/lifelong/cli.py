@@ -73,6 +73,10 @@ def metrics_table(res: dict) -> Table:
         if k in res:
             v = res[k]
             t.add_row(k, f"{v:.2f}" if k.endswith("_s") else f"{100 * v:.2f}")
+    cont = res.get("continual") or {}
+    for k in ("min_acc", "wc_acc", "wf_10", "wf_100"):  # the stability gap (continual evaluation)
+        if isinstance(cont.get(k), float) and cont[k] == cont[k]:
+            t.add_row(f"continual {k}", f"{100 * cont[k]:.2f}")
     return t
 
 

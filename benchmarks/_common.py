@@ -29,6 +29,18 @@ def setup_torch(threads: int, device: str) -> torch.device:
     return dev
 
 
+def parse_common(ap, argv):
+    """Add the options every benchmark takes, parse, set torch up: (args, log, device)."""
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: leave torch's default)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", help="write the results as JSON to this file")
+    ap.add_argument("--quiet", action="store_true")
+    a = ap.parse_args(argv)
+    log = (lambda *_: None) if a.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    return a, log, setup_torch(a.threads, a.device)
+
+
 def sync(device: torch.device) -> None:
     """Wait for queued device work, so that wall-clock times are complete."""
     if device.type == "cuda":

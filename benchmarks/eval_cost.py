@@ -67,14 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
     ap.add_argument("--settings", default=",".join(f"{e}/{s}" if e else "none" for e, s in SETTINGS),
                     help="comma-separated eval_every/subsample pairs, 'none' for end-of-experience only")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: leave torch's default)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", help="write the results as JSON to this file")
-    ap.add_argument("--quiet", action="store_true")
-    a = ap.parse_args(argv)
-    log = (lambda *_: None) if a.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
-    device = C.setup_torch(a.threads, a.device)
+    a, log, device = C.parse_common(ap, argv)
     settings = [(None, None) if s == "none" else tuple(int(v) for v in s.split("/")) for s in a.settings.split(",")]
     stream = split_stream(mnist(), scenario="class", n_experiences=5, seed=a.seed).to(device)
     warm = Stream("warm-up", "class", stream.experiences[:1], stream.n_classes, stream.input_shape)

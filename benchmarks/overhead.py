@@ -338,16 +338,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--pairs", type=int, default=5, help="alternating (lifelong, plain) timing pairs")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: leave torch's default)")
     ap.add_argument("--test-per-exp", type=int, help="evaluate on the first N test images of each experience "
                     "(default: all, about 2,000)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", help="write the results as JSON to this file")
-    ap.add_argument("--quiet", action="store_true")
-    a = ap.parse_args(argv)
-    log = (lambda *_: None) if a.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
-    device = C.setup_torch(a.threads, a.device)
+    a, log, device = C.parse_common(ap, argv)
     P = prepare(device, a.seed, a.test_per_exp)
     results = {}
     for name in a.strategies.split(","):

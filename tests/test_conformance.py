@@ -34,7 +34,8 @@ def _fit(name, scenario, seed=0, stream=None):
 
 def _small(strategy):
     """Shrink memory-hungry defaults so the suite stays fast (same code paths)."""
-    for attr, value in (("mem_size", 40), ("mem_per_class", None), ("ewc_fisher_samples", 64)):
+    for attr, value in (("mem_size", 40), ("mem_per_class", None), ("ewc_fisher_samples", 64),
+                        ("acil_buffer_size", 256), ("gacil_buffer_size", 256)):
         if hasattr(strategy, attr):
             setattr(strategy, attr, value)
     return strategy

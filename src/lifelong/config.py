@@ -9,11 +9,51 @@ import json
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from .errors import ConfigError
 
 _STRICT = ConfigDict(extra="forbid")
+
+
+class FeaturesConfig(BaseModel):
+    """Replace the benchmark's datasets by features of a frozen pretrained extractor, computed
+    once and cached on disk (see docs/pretrained.md). ``image_size``: efficientnet_lite0 (default
+    32) and local (default: no resizing); ``module``, ``weights``, ``kwargs``: local only."""
+
+    model_config = _STRICT
+    backbone: Literal["efficientnet_lite0", "local", "minilm"]
+    image_size: Optional[int] = Field(None, ge=32)
+    # efficientnet_lite0 only: "head" = the pooled 1280-d features (default); "blocks" = the last
+    # block's 320-channel map, before the 1x1 head convolution, for model `lite0_head`, which
+    # trains that pretrained convolution (SLCA's slow learner, L2 toward pretrained weights)
+    layer: Optional[Literal["head", "blocks"]] = None
+    batch_size: Optional[int] = Field(None, ge=1)  # None: 128 (images), 32 (minilm)
+    cache_dir: Optional[str] = None  # None: $LIFELONG_CACHE_DIR or ~/.cache/lifelong/features
+    module: Optional[str] = None  # local: "package.module:ClassName"
+    weights: Optional[str] = None  # local: a file written by torch.save(model.state_dict(), path)
+    kwargs: Optional[dict[str, Any]] = None  # local: ClassName(**kwargs)
+
+    @model_validator(mode="after")
+    def _per_backbone(self):
+        if self.backbone == "local":
+            missing = [k for k in ("module", "weights") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"backbone 'local' needs features.{missing[0]} "
+                                 "(module: 'package.module:ClassName', weights: a state-dict file)")
+        else:
+            given = [k for k in ("module", "weights", "kwargs") if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"features.{given[0]} applies only to backbone 'local', not '{self.backbone}'")
+        if self.layer is not None and self.backbone != "efficientnet_lite0":
+            raise ValueError(f"features.layer applies only to backbone 'efficientnet_lite0', not '{self.backbone}'")
+        if self.backbone == "minilm" and self.image_size is not None:
+            raise ValueError("features.image_size does not apply to the text encoder minilm")
+        if self.backbone == "efficientnet_lite0" and self.image_size is None:
+            self.image_size = 32  # resolved, so that the run's config records it
+        if self.batch_size is None:
+            self.batch_size = 32 if self.backbone == "minilm" else 128
+        return self
 
 
 class BenchmarkConfig(BaseModel):
@@ -28,11 +68,16 @@ class BenchmarkConfig(BaseModel):
     data_dir: Optional[str] = None
     angles: Optional[list[float]] = None
     permute_first: Optional[bool] = None
+    features: Optional[FeaturesConfig] = None  # frozen pretrained features instead of raw inputs
+    # generalized class-IL (G-ACIL / Si-Blurry): fraction of each blurry class's training samples
+    # moved from its own experience to the others; blurry_disjoint: fraction of classes kept disjoint
+    blurry: Optional[float] = Field(None, gt=0.0, lt=1.0)
+    blurry_disjoint: Optional[float] = Field(None, ge=0.0, le=1.0)
 
 
 class ModelConfig(BaseModel):
     model_config = _STRICT
-    name: Literal["mlp", "cnn"] = "mlp"
+    name: Literal["mlp", "cnn", "lite0_head"] = "mlp"  # lite0_head: on features {layer: blocks}
     hidden: Optional[list[int]] = None  # mlp: hidden widths (default [400, 400]); cnn: fc widths
     channels: Optional[list[int]] = None  # cnn only
     head: Optional[Literal["single", "incremental", "multi"]] = None  # None: by scenario
@@ -110,17 +155,30 @@ def _format_validation_error(exc: ValidationError, prefix: str = "") -> str:
             lines.append(f"unknown config key '{key}'")
         elif err["type"] == "literal_error":
             lines.append(f"config key '{key}': {err['msg'].lower()} (got {err.get('input')!r})")
+        elif err["type"] == "value_error":  # our own validators: the message says it all
+            lines.append(f"config key '{key}': {err['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"config key '{key}': {err['msg']} (got {err.get('input')!r})")
     return "; ".join(lines)
 
 
+def _submodel(annotation) -> type[BaseModel] | None:
+    """The BaseModel inside an annotation (``Sub`` or ``Optional[Sub]``), else None."""
+    import typing
+
+    for a in (annotation, *typing.get_args(annotation)):
+        if isinstance(a, type) and issubclass(a, BaseModel):
+            return a
+    return None
+
+
 def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     for part in loc[:-1]:
         ann = model.model_fields.get(str(part))
-        if ann is None or not (isinstance(ann.annotation, type) and issubclass(ann.annotation, BaseModel)):
+        sub = None if ann is None else _submodel(ann.annotation)
+        if sub is None:
             return []
-        model = ann.annotation
+        model = sub
     return list(model.model_fields)
 
 

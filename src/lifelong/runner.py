@@ -46,6 +46,10 @@ def build_strategy(cfg: RunConfig):
 
 def make_optimizer_factory(tc):
     def make(params):
+        params = list(params)
+        if params and isinstance(params[0], dict):  # groups: lr_scale -> lr
+            params = [{k: v for k, v in g.items() if k != "lr_scale"} | ({"lr": tc.lr * g["lr_scale"]} if "lr_scale" in g else {})
+                      for g in params]
         if tc.optimizer == "sgd":
             return torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
         cls = torch.optim.Adam if tc.optimizer == "adam" else torch.optim.AdamW
@@ -108,6 +112,9 @@ def run(config: RunConfig | dict, monitor=None) -> dict:
 def _continual_summary(result, cfg) -> dict | None:
     if result.curve is None:
         return None
+    b = result.boundaries
+    if not b or b[0] <= 0 or any(x >= y for x, y in zip(b, b[1:])):
+        return None  # an experience without gradient steps (a closed-form method) has no curve to summarise
     from .continual_metrics import summary
 
     steps, acc = result.curve

@@ -82,21 +82,21 @@ def train(stream: Stream, strategy: Strategy, make_optimizer: Callable, *, batch
         t0 = time.perf_counter()
         model.observe(exp.classes, exp.task_id)
         strategy.before_experience(exp)
-        optimizer = _optimizer_for(model, make_optimizer, None if reset_optimizer else optimizer)
-        data = strategy.train_data(exp)
-        n_iters = iterations if iterations is not None else epochs * -(-len(data) // batch_size)
+        optimizer = _optimizer_for(strategy.param_groups(), make_optimizer, None if reset_optimizer else optimizer)
+        data = strategy.train_data(exp)  # None: the strategy fits in closed form (after_experience)
+        n_iters = 0 if data is None else iterations if iterations is not None else epochs * -(-len(data) // batch_size)
         if monitor:
             monitor.start(exp, n_iters)
         model.train()
         loss_sum = torch.zeros((), device=dev)
         # One task-id tensor per experience, expanded to each batch (no allocation per step; an
         # expanded tensor cannot be written in place by mistake).
-        task = None if data.t is not None else torch.full((1,), exp.task_id, device=data.y.device)
-        for it, idx in enumerate(index_batches(len(data), batch_size, g, iterations, epochs)):
+        task = None if data is None or data.t is not None else torch.full((1,), exp.task_id, device=data.y.device)
+        for it, idx in enumerate(index_batches(len(data), batch_size, g, iterations, epochs) if n_iters else ()):
             idx = idx.to(data.y.device)
             t = data.t[idx] if task is None else task.expand(len(idx))
             batch = strategy.augment(Batch(data.x[idx], data.y[idx], t))
-            logits = model(batch.x, batch.t)
+            logits = strategy.forward(batch)
             loss = strategy.loss(logits, batch)
             penalty = strategy.penalty(logits, batch)
             if not (isinstance(penalty, float) and penalty == 0.0):  # no penalty: no extra op
@@ -130,12 +130,15 @@ def train(stream: Stream, strategy: Strategy, make_optimizer: Callable, *, batch
     return result
 
 
-def _optimizer_for(model, make_optimizer, optimizer):
-    """A fresh optimizer, or the old one extended with parameters added since (new heads)."""
+def _optimizer_for(groups, make_optimizer, optimizer):
+    """A fresh optimizer over the strategy's parameter groups, or the old one extended with
+    parameters added since (new heads), each in its group's settings."""
     if optimizer is None:
-        return make_optimizer(model.parameters())
+        return make_optimizer(groups)
     known = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    new = [p for p in model.parameters() if id(p) not in known]
+    new = [dict(g, params=[p for p in g["params"] if id(p) not in known]) for g in groups]
+    new = [g for g in new if g["params"]]
     if new:
-        optimizer.add_param_group({"params": new})
+        for group in make_optimizer(new).param_groups:  # the factory resolves lr_scale and defaults
+            optimizer.add_param_group(group)
     return optimizer

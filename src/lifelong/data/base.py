@@ -99,8 +99,25 @@ def read_verified(path: Path, sha256: str | None) -> bytes:
     return data
 
 
+class Labelled:
+    """What labelled datasets share (tensors here, texts in ``lifelong.data.text``): ``name``,
+    int64 labels ``y`` aligned with the inputs, ``class_names``."""
+
+    def _check_labels(self, n_inputs: int, what: str) -> None:
+        if n_inputs != len(self.y):
+            raise DatasetError(f"{self.name}: {n_inputs} {what} but {len(self.y)} labels")
+        self.y = self.y.long()
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names) if self.class_names else int(self.y.max()) + 1
+
+
 @dataclass
-class TensorDataset:
+class TensorDataset(Labelled):
     """A labelled dataset held in memory.
 
     ``x`` is uint8 (N, C, H, W) for images or float32 (N, D) for features; ``y`` is int64 (N,).
@@ -112,16 +129,7 @@ class TensorDataset:
     class_names: list[str] = field(default_factory=list)
 
     def __post_init__(self):
-        if len(self.x) != len(self.y):
-            raise DatasetError(f"{self.name}: {len(self.x)} inputs but {len(self.y)} labels")
-        self.y = self.y.long()
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    @property
-    def n_classes(self) -> int:
-        return len(self.class_names) if self.class_names else int(self.y.max()) + 1
+        self._check_labels(len(self.x), "inputs")
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -145,7 +145,39 @@ class ContinualModel(nn.Module):
         self.head.observe(classes, task_id)
 
 
-BACKBONES = {"mlp": MLP, "cnn": SmallCNN}
+class Lite0Head(nn.Module):
+    """The last layer of ImageNet-pretrained EfficientNet-Lite0 as a trainable backbone: its 1x1
+    head convolution (320 -> 1280) with the following batch norm folded in, ReLU6, then the
+    global average pool. Its input is the cached output of the network's last block
+    (``benchmark.features: {backbone: efficientnet_lite0, layer: blocks}``), so a run trains a
+    genuinely pretrained layer at the cost of a linear one; its initial output equals the frozen
+    ``layer: head`` features. Batch norm is folded with its running statistics (as at inference),
+    so training updates one weight matrix and bias."""
+
+    def __init__(self, input_shape: tuple[int, ...], weights_path: str | None = None):
+        super().__init__()
+        from ..pretrained.extractors import LITE0_BLOCKS_CHANNELS as C, EfficientNetLite0
+
+        d = math.prod(input_shape)
+        if len(input_shape) != 1 or d % C:
+            raise ConfigError(f"model 'lite0_head' takes the features of efficientnet_lite0 with layer: blocks "
+                              f"(a multiple of {C} values); this stream's inputs have shape {tuple(input_shape)}")
+        ext = EfficientNetLite0(weights_path=weights_path).ensure_loaded()
+        conv, bn = ext.net._conv_head, ext.net._bn1
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        self.positions = d // C
+        self.linear = nn.Linear(C, conv.out_channels)
+        with torch.no_grad():
+            self.linear.weight.copy_(conv.weight.flatten(1) * scale[:, None])
+            self.linear.bias.copy_(bn.bias - bn.running_mean * scale)
+        self.out_features = conv.out_channels
+
+    def forward(self, x):
+        x = x.reshape(len(x), -1, self.positions).transpose(1, 2)  # (B, positions, 320)
+        return torch.clamp(self.linear(x), 0.0, 6.0).mean(dim=1)
+
+
+BACKBONES = {"mlp": MLP, "cnn": SmallCNN, "lite0_head": Lite0Head}
 HEADS = {"single": Head, "incremental": IncrementalHead, "multi": MultiHead}
 DEFAULT_HEAD = {"class": "incremental", "task": "multi", "domain": "single"}
 
@@ -154,6 +186,9 @@ def build_model(name: str, input_shape, n_classes: int, scenario: str, head: str
                 **kwargs) -> ContinualModel:
     if name not in BACKBONES:
         raise ConfigError(f"unknown model '{name}'; allowed: {', '.join(BACKBONES)}")
+    if name == "cnn" and len(tuple(input_shape)) != 3:
+        raise ConfigError(f"model 'cnn' needs image inputs (C, H, W); this stream's inputs have shape "
+                          f"{tuple(input_shape)} (features?): use model 'mlp' (hidden: [] for a linear model)")
     head = head or DEFAULT_HEAD[scenario]
     if head not in HEADS:
         raise ConfigError(f"unknown head '{head}'; allowed: {', '.join(HEADS)}")

@@ -6,7 +6,7 @@ The training loop (``lifelong.training``) calls, in this order::
     data = strategy.train_data(exp)            # what to iterate (joint training widens it)
     for each minibatch:
         batch  = strategy.augment(batch)       # replay adds stored samples
-        logits = model(batch.x, batch.t)
+        logits = strategy.forward(batch)       # default model(batch.x, batch.t)
         loss   = strategy.loss(logits, batch) + strategy.penalty(logits, batch)
         loss.backward()
         strategy.before_step(batch)            # gradient surgery (A-GEM)
@@ -79,15 +79,28 @@ class Strategy:
     def get_params(self) -> dict[str, Any]:
         return {p: getattr(self, p) for p in self.get_param_names()}
 
+    def param_groups(self) -> list[dict]:
+        """The optimizer's parameter groups: ``{"params": [...]}`` dicts, optionally with an
+        ``lr_scale`` that multiplies the configured learning rate (SLCA's slow backbone).
+        Default: every parameter of the model at the configured rate."""
+        return [{"params": list(self.model.parameters())}]
+
     # -- hooks (see module docstring for the order) -------------------------------------
     def before_experience(self, exp: Experience) -> None:
         self.experience_ = exp
 
-    def train_data(self, exp: Experience) -> Split:
+    def train_data(self, exp: Experience) -> Split | None:
+        """What the loop iterates over; ``None`` skips gradient training for this experience
+        (a method that fits in closed form does so in ``after_experience``)."""
         return exp.train
 
     def augment(self, batch: Batch) -> Batch:
         return batch
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """The training logits of a minibatch: the model on its inputs. A method whose training
+        data are stored features rather than inputs (FeTrIL) feeds them to the head only."""
+        return self.model(batch.x, batch.t)
 
     def loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         return F.cross_entropy(logits, batch.y)
@@ -125,7 +138,7 @@ class Strategy:
 class Compose(Strategy):
     """Run several strategies together: hooks in order, penalties summed.
 
-    The first member that overrides ``loss``, ``predict`` or ``train_data`` decides it.
+    The first member that overrides ``forward``, ``loss``, ``predict`` or ``train_data`` decides it.
     """
 
     def __init__(self, *members: Strategy):
@@ -161,10 +174,16 @@ class Compose(Strategy):
     def train_data(self, exp):
         return self._first("train_data").train_data(exp)
 
+    def param_groups(self):
+        return self._first("param_groups").param_groups()
+
     def augment(self, batch):
         for m in self.members:
             batch = m.augment(batch)
         return batch
+
+    def forward(self, batch):
+        return self._first("forward").forward(batch)
 
     def loss(self, logits, batch):
         return self._first("loss").loss(logits, batch)

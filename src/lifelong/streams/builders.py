@@ -182,3 +182,131 @@ def sequence_stream(datasets: list[DatasetSplits], scenario: str = "domain", val
         exps.append(Experience(i, i, sorted(set((d.train.y + off).tolist())), tr, va, te, name=d.name))
     n_out = C if scenario == "domain" else C * len(datasets)
     return Stream("+".join(d.name for d in datasets), scenario, exps, n_out, shapes.pop())
+
+
+def data_incremental_stream(data: DatasetSplits, n_experiences: int = 5, scenario: str = "domain",
+                            val_fraction: float = 0.0, seed: int = 0, name: str | None = None) -> Stream:
+    """Data-incremental: the same classes in every experience, new data arriving in chunks.
+
+    Each class's training samples, and separately its test samples, are shuffled (seed ``seed``)
+    and cut into ``n_experiences`` near-equal chunks; experience i holds chunk i of every class
+    (stratified chunks, so every experience has every class in the dataset's proportions).
+    Labels are the dataset's own and the head is shared: the ``domain`` scenario (the input
+    distribution may shift, the label space does not). ``class`` is accepted too and gives the
+    same experiences (the class-IL head activates every class in the first experience); ``task``
+    is refused, as every experience would be the same task.
+
+    Each experience's test set is its own chunk of the test set, so the final average accuracy
+    equals (up to chunk-size rounding) the accuracy on the whole test set, and the matrix stays
+    cheap to compute.
+    """
+    _check_scenario(scenario)
+    if scenario == "task":
+        raise ConfigError("a data-incremental stream has the same classes in every experience; use scenario "
+                          "'domain' (shared head) or 'class', not 'task'")
+    if n_experiences < 1:
+        raise ConfigError(f"n_experiences must be >= 1, got {n_experiences}")
+    g = torch.Generator().manual_seed(seed)
+    classes = sorted(set(data.train.y.tolist()))
+
+    def chunks(y: torch.Tensor, what: str) -> list[torch.Tensor]:
+        parts: list[list[torch.Tensor]] = [[] for _ in range(n_experiences)]
+        for c in classes:
+            idx = torch.nonzero(y == c).flatten()
+            if len(idx) < n_experiences:
+                raise ConfigError(f"class {c} has {len(idx)} {what} samples, fewer than n_experiences="
+                                  f"{n_experiences}: it cannot appear in every experience")
+            idx = idx[torch.randperm(len(idx), generator=g)]
+            for i, part in enumerate(torch.tensor_split(idx, n_experiences)):
+                parts[i].append(part)
+        return [torch.cat(p).sort().values for p in parts]
+
+    xtr, xte = data.train.to_float(), data.test.to_float()
+    ytr, yte = data.train.y, data.test.y
+    tr_parts, te_parts = chunks(ytr, "training"), chunks(yte, "test")
+    exps = []
+    for i, (a, b) in enumerate(zip(tr_parts, te_parts)):
+        tr, va = carve_validation(Split(xtr[a], ytr[a]), val_fraction, g)
+        exps.append(Experience(i, i, list(classes), tr, va, Split(xte[b], yte[b]),
+                               name=f"chunk {i + 1}/{n_experiences}"))
+    return Stream(name or f"data-incremental-{data.name}", scenario, exps, data.n_classes,
+                  tuple(data.train.input_shape),
+                  info={"chunks": n_experiences, "train_sizes": [len(a) for a in tr_parts],
+                        "test_sizes": [len(b) for b in te_parts]})
+
+
+def blurry_stream(data: DatasetSplits, n_experiences: int | None = 5, blurry: float = 0.1,
+                  blurry_disjoint: float = 0.0, classes_per_experience: int | None = None,
+                  first_experience_classes: int | None = None, class_order: list[int] | str | None = None,
+                  val_fraction: float = 0.0, seed: int = 0, name: str | None = None) -> Stream:
+    """Generalized class-incremental stream (GCIL, blurry task boundaries), as G-ACIL/GACL
+    (Zhuang et al., 2024) evaluate it with the Si-Blurry setting (Moon et al., ICCV 2023).
+
+    1. Classes are grouped into experiences exactly as :func:`split_stream` does (``n_experiences``,
+       ``classes_per_experience``, ``first_experience_classes``, ``class_order``): a class's group
+       is its *home* experience, and the home classes are the experience's major classes.
+    2. In every group the first ``round(blurry_disjoint * len(group))`` classes (in class order)
+       are *disjoint*: all their training samples stay home. The others are *blurry* (Si-Blurry's
+       disjoint class ratio N = ``blurry_disjoint``).
+    3. For each blurry class c with n_c training samples, ``k_c = round(blurry * n_c)`` of them,
+       drawn at random (seed), leave the home experience and are dealt to the other T-1
+       experiences in near-equal shares (each gets floor or ceil of k_c / (T-1); which ones get
+       the extra sample rotates at random). So exactly ``k_c`` samples of class c, a fraction
+       ``blurry`` up to rounding, appear in experiences other than its home, and every training
+       sample appears in exactly one experience.
+    4. An experience's ``classes`` are every label of its training data (home and blurred-in),
+       so the class-IL head activates a class the first time any of its samples arrives, and
+       classes reappear across experiences. Its test set is the test samples of its *home*
+       classes (every test sample in exactly one experience).
+
+    Difference to Si-Blurry's code: there the blurred samples (M % of the blurry classes) are
+    pooled and dealt over *all* T tasks, so about 1/T of them return home; its M corresponds to
+    ``blurry = M * (T - 1) / T`` here (G-ACIL's CIFAR-100 setting, T = 5, N = 50 %, M = 10 %:
+    ``blurry: 0.08, blurry_disjoint: 0.5``). Si-Blurry's option of random class counts per task
+    (``rnd_NM``) is not implemented: the class groups are those of the split.
+
+    Only the ``class`` scenario: classes shared between experiences have no meaning for task-IL
+    heads or domain-IL label remapping.
+    """
+    if not 0.0 < blurry < 1.0:
+        raise ConfigError(f"blurry must be in (0, 1), got {blurry}")
+    if not 0.0 <= blurry_disjoint <= 1.0:
+        raise ConfigError(f"blurry_disjoint must be in [0, 1], got {blurry_disjoint}")
+    g = torch.Generator().manual_seed(seed)
+    groups = _class_groups(data.n_classes, n_experiences, classes_per_experience, first_experience_classes,
+                           class_order, g)
+    T = len(groups)
+    if T < 2:
+        raise ConfigError("a blurry stream needs at least 2 experiences")
+    home = {c: i for i, grp in enumerate(groups) for c in grp}
+    disjoint = sorted(c for grp in groups for c in grp[:int(round(blurry_disjoint * len(grp)))])
+    ytr, yte = data.train.y, data.test.y
+    parts: list[list[torch.Tensor]] = [[] for _ in range(T)]
+    blurred: dict[int, int] = {}
+    for c in range(data.n_classes):
+        idx = torch.nonzero(ytr == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        if c not in home:
+            continue
+        h = home[c]
+        k = 0 if c in disjoint else int(round(blurry * len(idx)))
+        blurred[c] = k
+        parts[h].append(idx[k:])
+        others = [j for j in range(T) if j != h]
+        shift = int(torch.randint(len(others), (1,), generator=g))
+        for m, j in enumerate(others):
+            parts[j].append(idx[:k][(m - shift) % len(others)::len(others)])
+    xtr, xte = data.train.to_float(), data.test.to_float()
+    exps = []
+    for i, grp in enumerate(groups):
+        a = torch.cat(parts[i]).sort().values
+        tr = Split(xtr[a], ytr[a])
+        mte = torch.isin(yte, torch.tensor(grp))
+        te = Split(xte[mte], yte[mte])
+        labels = sorted(set(tr.y.tolist()) | set(grp))
+        tr, va = carve_validation(tr, val_fraction, g)
+        minor = [c for c in labels if c not in grp]
+        exps.append(Experience(i, i, labels, tr, va, te, name=f"classes {grp} + blurred {minor}"))
+    return Stream(name or f"blurry-{data.name}", "class", exps, data.n_classes, tuple(data.train.input_shape),
+                  info={"class_groups": groups, "blurry": blurry, "blurry_disjoint": blurry_disjoint,
+                        "disjoint_classes": disjoint, "home": home, "blurred": blurred})

@@ -1,17 +1,26 @@
 """Named benchmarks: a name and a few keys -> a :class:`Stream`.
 
-``split-<dataset>`` for every registered dataset, ``permuted-mnist``, ``rotated-mnist`` and
-``mnist-fashion-animal`` (one experience per dataset). ``lifelong list`` prints this table.
+``split-<dataset>`` for every registered dataset, ``permuted-mnist``, ``rotated-mnist``,
+``mnist-fashion-animal`` (one experience per dataset) and ``tweets-sentiment`` (text, data-
+incremental). ``lifelong list`` prints this table.
+
+``features: {backbone: ...}`` (split presets, ``mnist-fashion-animal``, ``tweets-sentiment``)
+replaces the datasets by cached features of a frozen pretrained extractor *before* the stream
+is split (``lifelong.pretrained``). ``blurry`` (split presets) makes the split a generalized
+class-incremental one (:func:`~lifelong.streams.builders.blurry_stream`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
+
 from ..data import DATASETS, load_dataset
 from ..errors import ConfigError
 from .base import Stream
-from .builders import permuted_stream, rotated_stream, sequence_stream, split_stream
+from .builders import (_class_groups, blurry_stream, data_incremental_stream, permuted_stream, rotated_stream,
+                       sequence_stream, split_stream)
 
 COMMON_KEYS = {"name", "scenario", "val_fraction", "data_dir"}
 
@@ -22,21 +31,48 @@ class Preset:
     default_scenario: str
     keys: set[str]
     build: Callable[..., Stream]
+    no_features: str | None = None  # why ``features`` does not apply (None: it does, if in ``keys``)
+
+
+def _features(datasets: list, cfg) -> list:
+    """The datasets, or their cached features when ``cfg.features`` is set."""
+    if cfg.features is None:
+        return datasets
+    from ..pretrained import featurize_from_config  # lazy: only runs with features need it
+
+    return featurize_from_config(datasets, cfg.features)
 
 
 def _split(dataset: str) -> Preset:
     def build(cfg, seed):
+        if cfg.blurry_disjoint is not None and cfg.blurry is None:
+            raise ConfigError("benchmark.blurry_disjoint needs benchmark.blurry (the fraction of each blurry "
+                              "class's samples that move to other experiences)")
+        if cfg.blurry is not None and (cfg.scenario or "class") != "class":
+            raise ConfigError(f"benchmark.blurry (generalized class-IL) needs scenario 'class', got '{cfg.scenario}'")
         data = load_dataset(dataset, cfg.data_dir)
         n_exp = cfg.n_experiences
         if n_exp is None and cfg.classes_per_experience is None:
             n_exp = 5 if data.n_classes == 10 else 10
+        if cfg.features is not None:  # a wrong split fails now, not after a long extraction
+            _class_groups(data.n_classes, n_exp, cfg.classes_per_experience, cfg.first_experience_classes,
+                          cfg.class_order, torch.Generator())
+            (data,) = _features([data], cfg)
+        if cfg.blurry is not None:
+            return blurry_stream(data, n_experiences=n_exp, blurry=cfg.blurry,
+                                 blurry_disjoint=cfg.blurry_disjoint or 0.0,
+                                 classes_per_experience=cfg.classes_per_experience,
+                                 first_experience_classes=cfg.first_experience_classes, class_order=cfg.class_order,
+                                 val_fraction=cfg.val_fraction, seed=seed, name=f"split-{dataset}")
         return split_stream(data, scenario=cfg.scenario or "class", n_experiences=n_exp,
                             classes_per_experience=cfg.classes_per_experience,
                             first_experience_classes=cfg.first_experience_classes, class_order=cfg.class_order,
                             val_fraction=cfg.val_fraction, seed=seed, name=f"split-{dataset}")
 
-    return Preset(f"{dataset} classes split into experiences (default 5 x 2 for 10 classes)", "class",
-                  COMMON_KEYS | {"n_experiences", "classes_per_experience", "first_experience_classes", "class_order"},
+    return Preset(f"{dataset} classes split into experiences (default 5 x 2 for 10 classes); "
+                  "blurry: generalized class-IL", "class",
+                  COMMON_KEYS | {"n_experiences", "classes_per_experience", "first_experience_classes", "class_order",
+                                 "features", "blurry", "blurry_disjoint"},
                   build)
 
 
@@ -53,19 +89,43 @@ def _rotated(cfg, seed):
 
 
 def _sequence(cfg, seed):
-    data = [load_dataset(n) for n in ("mnist", "fashion_mnist", "animal_mnist")]
+    data = _features([load_dataset(n) for n in ("mnist", "fashion_mnist", "animal_mnist")], cfg)
     return sequence_stream(data, scenario=cfg.scenario or "domain", val_fraction=cfg.val_fraction, seed=seed)
+
+
+def _tweets(cfg, seed):
+    from ..data.text import tweets
+
+    if cfg.features is None:
+        raise ConfigError("benchmark 'tweets-sentiment' holds text: it needs benchmark.features: {backbone: minilm} "
+                          "(sentence embeddings; install the extra with: pip install \"lifelong[text]\")")
+    if cfg.features.backbone != "minilm":
+        raise ConfigError(f"benchmark 'tweets-sentiment' holds text: features.backbone must be 'minilm', "
+                          f"got '{cfg.features.backbone}'")
+    if cfg.scenario == "task":
+        raise ConfigError("benchmark 'tweets-sentiment' is data-incremental (the same classes in every experience): "
+                          "use scenario 'domain' (shared head) or 'class', not 'task'")
+    (data,) = _features([tweets()], cfg)
+    return data_incremental_stream(data, n_experiences=cfg.n_experiences or 5, scenario=cfg.scenario or "domain",
+                                   val_fraction=cfg.val_fraction, seed=seed, name="tweets-sentiment")
 
 
 def presets() -> dict[str, Preset]:
     out = {f"split-{d.replace('_', '-')}": _split(d) for d in DATASETS}
+    pixels = ("its experiences transform the pixels (a permutation or a rotation per experience), so a frozen "
+              "extractor would have to run on every transformed copy of MNIST; features are supported on "
+              "split-<dataset>, mnist-fashion-animal and tweets-sentiment")
     out["permuted-mnist"] = Preset("MNIST with one fixed pixel permutation per experience (default 10)", "domain",
-                                   COMMON_KEYS | {"n_experiences", "permute_first"}, _permuted)
+                                   COMMON_KEYS | {"n_experiences", "permute_first"}, _permuted, no_features=pixels)
     out["rotated-mnist"] = Preset("MNIST rotated by a different angle per experience (default 10 in [0, 180))",
-                                  "domain", COMMON_KEYS | {"n_experiences", "angles"}, _rotated)
+                                  "domain", COMMON_KEYS | {"n_experiences", "angles"}, _rotated, no_features=pixels)
     out["mnist-fashion-animal"] = Preset("MNIST -> Fashion-MNIST -> Animal-MNIST, one experience each "
-                                         "(domain: shared 10 outputs; class: 30 classes)", "domain", COMMON_KEYS,
-                                         _sequence)
+                                         "(domain: shared 10 outputs; class: 30 classes)", "domain",
+                                         COMMON_KEYS | {"features"}, _sequence)
+    out["tweets-sentiment"] = Preset("tweet sentiment (3 classes, text) in the MiniLM space; data-incremental: "
+                                     "the same classes in every experience, new tweets in chunks (default 5); "
+                                     "needs features: {backbone: minilm}", "domain",
+                                     COMMON_KEYS | {"n_experiences", "features"}, _tweets)
     return out
 
 
@@ -75,6 +135,8 @@ def build_benchmark(cfg, seed: int = 0) -> Stream:
     if cfg.name not in table:
         raise ConfigError(f"unknown benchmark '{cfg.name}'; allowed: {', '.join(table)}")
     preset = table[cfg.name]
+    if getattr(cfg, "features", None) is not None and preset.no_features:
+        raise ConfigError(f"benchmark.features does not apply to '{cfg.name}': {preset.no_features}")
     extra = sorted(k for k in cfg.model_fields_set if k not in preset.keys and getattr(cfg, k) is not None)
     if extra:
         raise ConfigError(f"config key 'benchmark.{extra[0]}' does not apply to '{cfg.name}'; "

@@ -149,6 +149,18 @@ def test_resume_reuses_finished_runs_and_recomputes_only_what_changed(tmp_path, 
     assert code == 1 and calls == [] and "0 runs computed, 4 reused" in " ".join(stdout.split())
     assert json.loads((out / "results.json").read_text())["cells"] == summary["cells"]
 
+    # a file written before a new optional (null) config key joined the schema, under another
+    # name: found by its stored config, renamed to the current name, reused
+    entry = json.loads(files[1].read_text())
+    entry["config"]["benchmark"]["some_future_key"] = None
+    entry["key"] = "0" * 64
+    legacy = files[1].with_name(files[1].name.split("-")[0] + "-" + "0" * 16 + ".json")
+    legacy.write_text(json.dumps(entry))
+    files[1].unlink()
+    code, stdout, _ = _run(argv, capsys)
+    assert calls == [] and "0 runs computed, 4 reused" in " ".join(stdout.split())
+    assert files[1].exists() and not legacy.exists()
+
     files[0].unlink()  # an interrupted run: only the missing one is computed
     code, stdout, _ = _run(argv, capsys)
     assert len(calls) == 1 and "1 runs computed, 3 reused" in " ".join(stdout.split())

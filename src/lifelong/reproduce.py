@@ -203,9 +203,17 @@ def _merge(a: dict, b: dict) -> dict:
     return out
 
 
+def _without_nulls(obj):
+    if isinstance(obj, dict):
+        return {k: _without_nulls(v) for k, v in obj.items() if v is not None}
+    return obj
+
+
 def config_key(config: dict) -> str:
-    """sha256 of the resolved config minus :data:`EXECUTION_KEYS` (and a cache format version)."""
-    core = {k: v for k, v in config.items() if k not in EXECUTION_KEYS}
+    """sha256 of the resolved config minus :data:`EXECUTION_KEYS` and minus unset (null) keys,
+    with a cache format version. Dropping nulls keeps the key of every finished run when a new
+    optional config key (default null) joins the schema, so such releases do not void caches."""
+    core = {k: v for k, v in _without_nulls(config).items() if k not in EXECUTION_KEYS}
     blob = json.dumps({"v": CACHE_VERSION, "config": core}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -313,18 +321,36 @@ def cache_path(out: Path, spec: RunSpec) -> Path:
     return Path(out) / "runs" / spec.scenario / spec.method / f"seed{spec.seed}-{spec.key[:16]}.json"
 
 
-def load_cached(path: Path, spec: RunSpec) -> Optional[dict]:
-    """The stored results when ``path`` holds this exact config's finished run, else None."""
+def _read_entry(path: Path, spec: RunSpec) -> Optional[dict]:
+    """The cache entry in ``path`` if it is a finished run of exactly ``spec``'s config (its
+    stored config is re-hashed, so a file named under an older key function still matches)."""
     try:
         entry = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(entry, dict) or entry.get("key") != spec.key:
+    if not isinstance(entry, dict) or not isinstance(entry.get("results"), dict):
         return None
-    stored = entry.get("config") or {}
-    if config_key(stored) != spec.key or not isinstance(entry.get("results"), dict):
+    stored = entry.get("config")
+    if not isinstance(stored, dict) or config_key(stored) != spec.key:
         return None
-    return entry["results"]
+    return entry
+
+
+def load_cached(path: Path, spec: RunSpec) -> Optional[dict]:
+    """The stored results when ``path`` holds this exact config's finished run, else None. A
+    run of the same config stored under another name (a cache written before the key function
+    changed) is found among the seed's files, renamed to ``path`` and reused."""
+    path = Path(path)
+    entry = _read_entry(path, spec)
+    if entry is None and not path.exists():
+        for other in sorted(path.parent.glob(f"seed{spec.seed}-*.json")):
+            entry = _read_entry(other, spec)
+            if entry is not None:
+                entry["key"] = spec.key
+                _write_json_atomic(path, entry)
+                other.unlink()
+                break
+    return None if entry is None else entry["results"]
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:

@@ -44,12 +44,17 @@ def build_strategy(cfg: RunConfig):
     return strategy
 
 
+def _resolve_lr_scale(group: dict, lr: float) -> dict:
+    """A strategy's parameter group -> an optimizer's: ``lr_scale`` becomes ``lr``."""
+    group = dict(group)
+    if "lr_scale" in group:
+        group["lr"] = lr * group.pop("lr_scale")
+    return group
+
+
 def make_optimizer_factory(tc):
     def make(params):
-        params = list(params)
-        if params and isinstance(params[0], dict):  # groups: lr_scale -> lr
-            params = [{k: v for k, v in g.items() if k != "lr_scale"} | ({"lr": tc.lr * g["lr_scale"]} if "lr_scale" in g else {})
-                      for g in params]
+        params = [_resolve_lr_scale(g, tc.lr) if isinstance(g, dict) else g for g in params]
         if tc.optimizer == "sgd":
             return torch.optim.SGD(params, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
         cls = torch.optim.Adam if tc.optimizer == "adam" else torch.optim.AdamW

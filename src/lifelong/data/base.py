@@ -145,12 +145,8 @@ class TensorDataset(Labelled):
         return self.x.float()
 
 
-@dataclass
-class DatasetSplits:
-    """A dataset's official train and test splits."""
-
-    train: TensorDataset
-    test: TensorDataset
+class Splits:
+    """What train/test split pairs share (tensor datasets here, texts in ``lifelong.data.text``)."""
 
     @property
     def name(self) -> str:
@@ -159,6 +155,14 @@ class DatasetSplits:
     @property
     def n_classes(self) -> int:
         return max(self.train.n_classes, self.test.n_classes)
+
+
+@dataclass
+class DatasetSplits(Splits):
+    """A dataset's official train and test splits."""
+
+    train: TensorDataset
+    test: TensorDataset
 
 
 def as_uint8_images(arr: np.ndarray, channels_last: bool = False) -> torch.Tensor:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ..errors import DatasetError
-from .base import Labelled
+from .base import Labelled, Splits
 from .base import read_verified
 from .builtin import _package_file, _stratified_test_split
 
@@ -65,17 +65,9 @@ class TextDataset(Labelled):
 
 
 @dataclass
-class TextSplits:
+class TextSplits(Splits):
     train: TextDataset
     test: TextDataset
-
-    @property
-    def name(self) -> str:
-        return self.train.name
-
-    @property
-    def n_classes(self) -> int:
-        return max(self.train.n_classes, self.test.n_classes)
 
 
 def text_fingerprint(ds: TextDataset) -> str:

@@ -1,5 +1,6 @@
 """Continual evaluation inside the loop: schedule, fixed subsamples, no effect on training."""
 import numpy as np
+import pytest
 import torch
 
 from lifelong.data import digits
@@ -84,3 +85,27 @@ def test_task_aware_curves_in_task_il():
         row = acc[list(steps).index(b)]
         np.testing.assert_allclose(row[: i + 1], res.task_aware_matrix[i][: i + 1], atol=1e-6)
     assert res.task_aware_matrix != res.task_agnostic_matrix
+
+
+def test_closed_form_experiences_are_one_update_each_and_get_continual_metrics():
+    """NCM fits each experience without a gradient step: each fit counts as one update, the curve
+    holds the model after every fit (here on the full test sets), and min-ACC / WC-ACC follow by
+    hand from the end-of-experience accuracy matrix."""
+    from lifelong.continual_metrics import min_acc, wc_acc
+    from lifelong.strategies import STRATEGIES
+
+    stream = split_stream(digits(), scenario="class", n_experiences=5, seed=0)
+    torch.manual_seed(0)
+    model = build_model("mlp", stream.input_shape, stream.n_classes, "class", hidden=[])
+    strategy = STRATEGIES["ncm"]().setup(model, "cpu", 0)
+    res = train(stream, strategy, lambda p: torch.optim.SGD(p, lr=0.05), batch_size=16, iterations=6,
+                eval_every=10, eval_subsample=10_000)
+    steps, acc = res.curve
+    assert res.boundaries == [1, 2, 3, 4, 5] and steps.tolist() == [1, 2, 3, 4, 5]
+    m = np.array(res.accuracy_matrix)
+    for i in range(5):
+        np.testing.assert_allclose(acc[i, : i + 1], m[i, : i + 1], atol=1e-6)
+    # min-ACC at the end: per old experience k, the worst accuracy after its own fit
+    hand_min = np.mean([m[k + 1:, k].min() for k in range(4)])
+    assert min_acc(steps, acc, res.boundaries) == pytest.approx(hand_min, abs=1e-6)
+    assert wc_acc(steps, acc, res.boundaries) == pytest.approx(m[4, 4] / 5 + 0.8 * hand_min, abs=1e-6)

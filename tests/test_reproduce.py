@@ -193,6 +193,25 @@ def test_a_failing_cell_gives_a_non_zero_exit_code(tmp_path, capsys):
     assert code == 0
 
 
+def test_permuted_mnist_protocol_runs_shortened(tmp_path, capsys):
+    """The second shipped protocol end to end, shortened (2 permutations x 20 iterations): every
+    method of its primary scenario runs on the real permuted MNIST and learns (chance is 10 %)."""
+    out = tmp_path / "pm"
+    code, stdout, _ = _run(["reproduce", "vandeven2022-permutedmnist", "--seeds", "1", "--set", "train.iterations=20",
+                            "--set", "benchmark.n_experiences=2", "--out", str(out), "--quiet"], capsys)
+    assert code in (0, 1) and "MODIFIED PROTOCOL" in stdout
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["modified"] is True
+    cells = {c["method"]: c for c in summary["cells"]}
+    assert set(cells) == {"none", "joint", "ewc", "si", "lwf", "er"}
+    assert {c["scenario"] for c in cells.values()} == {"domain"}
+    for c in cells.values():
+        assert c["n"] == 1 and c["mean"] > 50.0, c
+    stored = json.loads(next((out / "runs" / "domain" / "er").rglob("*.json")).read_text())
+    assert stored["config"]["model"]["hidden"] == [1000, 1000] and stored["config"]["train"]["lr"] == 0.0001
+    assert stored["config"]["strategy"]["mem_per_class"] == 10
+
+
 def test_cli_list_and_errors(capsys, tmp_path):
     code, stdout, _ = _run(["reproduce", "--list"], capsys)
     assert code == 0

@@ -77,9 +77,10 @@ class ContinualEvaluator:
         self.time_s = 0.0
 
     @torch.no_grad()
-    def maybe_evaluate(self, strategy, step: int, seen: int) -> None:
-        """After global iteration ``step`` (1-based) with experiences 0..seen-1 seen."""
-        if step % self.every:
+    def maybe_evaluate(self, strategy, step: int, seen: int, force: bool = False) -> None:
+        """After global update ``step`` (1-based) with experiences 0..seen-1 seen; every
+        ``every`` updates, or now with ``force`` (after a closed-form fit)."""
+        if step % self.every and not force:
             return
         t0 = time.perf_counter()
         model = strategy.model

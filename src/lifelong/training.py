@@ -40,7 +40,8 @@ class RunResult:
     losses: list[float] = field(default_factory=list)  # mean training loss per experience
     train_time_s: float = 0.0
     eval_time_s: float = 0.0
-    boundaries: list[int] = field(default_factory=list)  # global step at which each experience ended
+    boundaries: list[int] = field(default_factory=list)  # global update at which each experience ended (a
+    # gradient step is one update; an experience fitted in closed form, without gradient steps, is one)
     curve: tuple | None = None  # (steps (S,), acc (S, T)) from continual evaluation
     continual_eval_time_s: float = 0.0
 
@@ -113,6 +114,10 @@ def train(stream: Stream, strategy: Strategy, make_optimizer: Callable, *, batch
             if monitor:
                 monitor.step(it, loss, cont.latest if cont else None)
         strategy.after_experience(exp)
+        if n_iters == 0:  # a closed-form fit counts as one update; the curve records the model it gives
+            step += 1
+            if cont:
+                cont.maybe_evaluate(strategy, step, exp.index + 1, force=True)
         result.boundaries.append(step)
         result.losses.append(loss_sum.item() / max(n_iters, 1))
         t1 = time.perf_counter()

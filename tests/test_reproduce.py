@@ -43,10 +43,45 @@ def test_split_mnist_protocol_carries_the_reference_hyper_parameters():
     base = cfg[("task", "none")]
     assert base["model"]["hidden"] == [400, 400] and base["train"]["iterations"] == 2000
     assert base["train"]["lr"] == 0.001 and base["train"]["batch_size"] == 128
-    assert base["benchmark"]["n_experiences"] == 5 and base["benchmark"]["class_order"] == "random"
+    assert base["benchmark"]["n_experiences"] == 5
+    assert sorted({s.seed for s in specs}) == [2] and base["seed"] == 2   # the paper's seeds start at 2
     # permuted MNIST: the primary scenario by default
     pm = rp.load_protocol("vandeven2022-permutedmnist")
     assert {s.scenario for s in rp.expand(pm, seeds=1)} == {"domain"}
+
+
+def test_split_mnist_seeds_use_the_papers_digit_orders():
+    """The reference code seeds numpy with the run's seed, draws p = np.random.permutation(10) and
+    relabels digit y as p[y]; context i holds labels 2i, 2i+1. Our class_order is argsort(p)."""
+    np = pytest.importorskip("numpy")
+    p = rp.load_protocol("vandeven2022-splitmnist")
+    assert p.first_seed == 2 and rp.seed_list(p) == [2, 3, 4, 5, 6] and rp.seed_list(p, 20) == list(range(2, 22))
+    for spec in rp.expand(p, seeds=20, scenarios=["domain"], methods=["none"]):
+        np.random.seed(spec.seed)
+        perm = np.random.permutation(list(range(10)))
+        assert spec.config["benchmark"]["class_order"] == [int(d) for d in np.argsort(perm)], spec.seed
+    # a seed the paper did not run draws its own order; --set wins over the seed's entry
+    (zero,) = rp.expand(p, seeds=[0], scenarios=["domain"], methods=["none"])
+    assert zero.config["benchmark"]["class_order"] == "random"
+    (two,) = rp.expand(p, seeds=[2], scenarios=["domain"], methods=["none"],
+                       overrides=[rp.parse_override("benchmark.class_order=null")])
+    assert two.config["benchmark"]["class_order"] is None
+
+
+def test_seed_configs_and_first_seed_in_a_protocol(tmp_path):
+    data = _tiny_protocol()
+    data.update(first_seed=3, seed_configs={3: {"train": {"lr": 0.5}}})
+    p = rp.Protocol("t", data)
+    rp.validate_protocol(data)
+    specs = rp.expand(p)
+    assert [s.seed for s in specs] == [3, 4, 3, 4]
+    assert [s.config["train"]["lr"] for s in specs] == [0.5, 0.001, 0.5, 0.001]
+    for bad, needle in (({"first_seed": -1}, "first_seed"), ({"seed_configs": {"x": {}}}, "not a seed"),
+                        ({"seed_configs": {3: [1]}}, "seed_configs.3 must be a mapping")):
+        path = tmp_path / "p.yaml"
+        path.write_text(yaml.safe_dump({**_tiny_protocol(), **bad}))
+        with pytest.raises(ConfigError, match=needle):
+            rp.load_protocol(path)
 
 
 @pytest.mark.parametrize("edit, needle", [

@@ -287,8 +287,8 @@ def report_cmd(run_dirs, out_dir, force):
 @cli.command("reproduce")
 @click.argument("protocol", required=False)
 @click.option("--list", "list_only", is_flag=True, help="List the protocols shipped with lifelong and exit.")
-@click.option("--seeds", help="Number of seeds (e.g. 5: seeds 0-4), or a list '0,1,2' / range '0-4'. "
-                              "Default: the protocol's.")
+@click.option("--seeds", help="Number of seeds (N: the protocol's first N seeds, from its first_seed, usually 0), "
+                              "or a list '0,1,2' / range '0-4'. Default: the protocol's.")
 @click.option("--scenarios", help="Comma-separated subset of task,domain,class (default: the protocol's).")
 @click.option("--methods", help="Comma-separated subset of the protocol's methods (default: all).")
 @click.option("--set", "overrides", multiple=True, metavar="[METHOD:]KEY=VALUE",
@@ -319,7 +319,8 @@ def reproduce_cmd(protocol, list_only, seeds, scenarios, methods, overrides, out
             n_cells = sum(1 for s in p.scenarios for m in p.methods if s in p.method_scenarios(m))
             scen = ",".join(f"[bold]{s}[/bold]" if s in p.default_scenarios and p.default_scenarios != p.scenarios
                             else s for s in p.scenarios)
-            t.add_row(name, scen, ", ".join(p.methods), str(p.seeds), f"{n_pub}/{n_cells} cells")
+            seeds_txt = f"{p.seeds} ({p.first_seed}-{p.first_seed + p.seeds - 1})"
+            t.add_row(name, scen, ", ".join(p.methods), seeds_txt, f"{n_pub}/{n_cells} cells")
         console.print(t)
         for name in available_protocols():
             console.print(f"[bold]{name}[/bold]: {load_protocol(name).title}")

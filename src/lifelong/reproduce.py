@@ -72,6 +72,15 @@ class Protocol:
         return int(self.data.get("seeds", 5))
 
     @property
+    def first_seed(self) -> int:
+        """``seeds: N`` (and ``--seeds N``) run seeds first_seed .. first_seed + N - 1."""
+        return int(self.data.get("first_seed", 0))
+
+    def seed_config(self, seed: int) -> dict:
+        """The RunConfig fragment this seed adds (``seed_configs``), e.g. the paper's class order."""
+        return copy.deepcopy((self.data.get("seed_configs") or {}).get(seed) or {})
+
+    @property
     def metric(self) -> str:
         return self.data.get("metric", "average_accuracy")
 
@@ -158,6 +167,14 @@ def validate_protocol(data: Any, where: str = "protocol") -> None:
     for s in data.get("default_scenarios") or []:
         _check(s in scen, where, f"default_scenarios names unknown scenario '{s}'")
     _check(isinstance(data.get("seeds", 5), int) and data.get("seeds", 5) >= 1, where, "'seeds' must be an int >= 1")
+    _check(isinstance(data.get("first_seed", 0), int) and data.get("first_seed", 0) >= 0, where,
+           "'first_seed' must be an int >= 0")
+    seed_configs = data.get("seed_configs") or {}
+    _check(isinstance(seed_configs, dict), where, "'seed_configs' must map seeds to RunConfig fragments")
+    for sd, frag in seed_configs.items():
+        _check(isinstance(sd, int) and not isinstance(sd, bool) and sd >= 0, where,
+               f"seed_configs: key {sd!r} is not a seed (an int >= 0)")
+        _check(isinstance(frag, dict), where, f"seed_configs.{sd} must be a mapping of RunConfig sections")
     tol = data.get("tolerance") or {}
     _check(isinstance(tol, dict), where, "'tolerance' must be a mapping (points, se_multiplier)")
     for k in ("points", "se_multiplier"):
@@ -261,12 +278,13 @@ def _select(requested: Optional[Iterable[str]], allowed: list[str], default: lis
 
 
 def seed_list(protocol: Protocol, seeds: Optional[int | Iterable[int]] = None) -> list[int]:
+    """A count N means the protocol's first N seeds (``first_seed`` ..); a list is taken as is."""
     if seeds is None:
-        return list(range(protocol.seeds))
+        seeds = protocol.seeds
     if isinstance(seeds, int):
         if seeds < 1:
             raise ConfigError(f"--seeds must be >= 1, got {seeds}")
-        return list(range(seeds))
+        return list(range(protocol.first_seed, protocol.first_seed + seeds))
     return [int(s) for s in seeds]
 
 
@@ -294,11 +312,11 @@ def expand(protocol: Protocol, seeds: Optional[int | Iterable[int]] = None,
             cfg = _merge(cfg, mdef["config"])
             params = (sdef.get("method_params") or {}).get(m) or {}
             cfg = _merge(cfg, {"strategy": params})
-            for ov in overrides:
-                if ov.method in (None, m):
-                    set_key(cfg, ov.key, copy.deepcopy(ov.value))
             for sd in seed_list(protocol, seeds):
-                c = copy.deepcopy(cfg)
+                c = _merge(cfg, protocol.seed_config(sd))
+                for ov in overrides:
+                    if ov.method in (None, m):
+                        set_key(c, ov.key, copy.deepcopy(ov.value))
                 c["seed"] = sd
                 try:
                     resolved = parse_config(c).to_dict()

@@ -235,20 +235,13 @@ class Tiny(nn.Module):
 
 
 @pytest.fixture
-def tiny_module(tmp_path, monkeypatch):
-    pkg = tmp_path / "usercode"
-    pkg.mkdir()
-    (pkg / "tiny_feature_net.py").write_text(_NET)
-    monkeypatch.syspath_prepend(str(pkg))
-    sys.modules.pop("tiny_feature_net", None)
-    import tiny_feature_net
-
+def tiny_module(tmp_path, write_user_module):
+    tiny_feature_net = write_user_module("tiny_feature_net", _NET)
     torch.manual_seed(1)
     weights = tmp_path / "weights" / "tiny.pt"
     weights.parent.mkdir()
     torch.save(tiny_feature_net.Tiny(width=5).state_dict(), weights)
-    yield weights
-    sys.modules.pop("tiny_feature_net", None)
+    return weights
 
 
 def test_run_on_cached_features_is_deterministic(tmp_path, tiny_module):

@@ -164,20 +164,13 @@ NOT_A_MODULE = 3
 
 
 @pytest.fixture
-def user_module(tmp_path, monkeypatch):
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "user_probe_net.py").write_text(_NET)
-    monkeypatch.syspath_prepend(str(src))
-    sys.modules.pop("user_probe_net", None)
-    import user_probe_net
-
+def user_module(tmp_path, write_user_module):
+    user_probe_net = write_user_module("user_probe_net", _NET)
     torch.manual_seed(0)
     net = user_probe_net.Probe()
     weights = tmp_path / "probe.pt"
     torch.save(net.state_dict(), weights)
-    yield net, weights
-    sys.modules.pop("user_probe_net", None)
+    return net, weights
 
 
 def test_local_module_loads_weights_and_infers_out_dim(user_module, digits_subset):

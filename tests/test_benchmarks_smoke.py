@@ -55,3 +55,21 @@ def test_run_all_writes_results_and_readme(tmp_path):
                   "--mem-size 20 --quiet"])
     assert json.loads((tmp_path / "long_stream.json").read_text())["summary"]["window"] >= 1
     assert "Long stream" in (tmp_path / "README.md").read_text()
+
+
+def test_checkpoint_cost_runs(tmp_path):
+    import checkpoint_cost
+
+    out = checkpoint_cost.main(["--iterations", "4", "--every", "2", "--benchmark", "split-digits", "--quiet",
+                                "--out", str(tmp_path / "c.json")])
+    rows = {(r["strategy"], r["every_iterations"]): r for r in out["rows"]}
+    assert rows[("er", None)]["saves"] == 4  # the ends of experiences 1-4 (the last one is the final write)
+    assert rows[("er", 2)]["saves"] == 4 + 5  # plus iteration 2 of each experience
+    assert all(0 < r["share"] < 1 for r in out["rows"])
+
+
+def test_gpu_check_runs_its_checks_on_the_cpu(capsys):
+    import gpu_check
+
+    assert gpu_check.main(["--device", "cpu", "--quick", "--benchmark", "split-digits", "--quiet"]) == 0
+    assert "OK: every model and strategy tensor on cpu" in capsys.readouterr().out

@@ -184,13 +184,14 @@ def test_local_module_loads_weights_and_infers_out_dim(user_module, digits_subse
     ident = ex.identity()
     assert ident["module"] == "user_probe_net:Probe" and len(ident["weights_sha256"]) == 64
     assert len(ident["source_sha256"]) == 64  # editing the module's code makes cached features stale
-    # a factory function and kwargs work too
-    ex2 = LocalModule("user_probe_net:make_probe", weights, kwargs={"width": 12})
+    # kwargs work too
+    ex2 = LocalModule("user_probe_net:Probe", weights, kwargs={"width": 12})
     assert torch.equal(ex2.net.fc.weight, net.fc.weight)
 
 
-def test_local_module_bad_inputs(user_module, tmp_path):
+def test_local_module_bad_inputs(user_module, tmp_path, monkeypatch):
     _, weights = user_module
+    monkeypatch.setenv("LIFELONG_ALLOW_MODULES", "user_probe_net,no_such_package_xyz")
     with pytest.raises(ConfigError, match="weights file not found"):
         LocalModule("user_probe_net:Probe", tmp_path / "missing.pt")
     with pytest.raises(ConfigError, match="cannot import 'no_such_package_xyz.net'"):
@@ -199,8 +200,10 @@ def test_local_module_bad_inputs(user_module, tmp_path):
         LocalModule("user_probe_net.Probe", weights)
     with pytest.raises(ConfigError, match="has no attribute 'Nope'"):
         LocalModule("user_probe_net:Nope", weights)
-    with pytest.raises(ConfigError, match="not a class or function"):
+    with pytest.raises(ConfigError, match="must be a subclass of torch.nn.Module"):
         LocalModule("user_probe_net:NOT_A_MODULE", weights)
+    with pytest.raises(ConfigError, match="must be a subclass of torch.nn.Module; it was not called"):
+        LocalModule("user_probe_net:make_probe", weights)  # a factory function cannot be checked before the call
     with pytest.raises(ConfigError, match="does not fit"):  # width 7 != the saved 12
         LocalModule("user_probe_net:Probe", weights, kwargs={"width": 7})
     with pytest.raises(ConfigError, match="failed"):

@@ -116,6 +116,20 @@ def test_sweep_folder_gives_mean_and_std_per_strategy(sweep, tmp_path):
     assert f"{mean:.2f} ±" in table
 
 
+def test_comparison_cells_are_mean_and_sample_std_by_hand(tmp_path):
+    for seed, acc in ((0, 0.5), (1, 0.6), (2, 0.7)):
+        run = fake_run(tmp_path / "runs" / f"s{seed}", seed=seed, curves=False)
+        res = json.loads((run / "results.json").read_text())
+        res["average_accuracy"] = acc
+        if seed == 2:
+            del res["fwt"]  # a metric one run lacks: the cell says over how many runs
+        (run / "results.json").write_text(json.dumps(res))
+    table = re.search(r"<table class='compare'>(.*?)</table>", report.write_report(
+        [tmp_path / "runs"], tmp_path / "rep").read_text(), re.S).group(1)
+    assert "<td>60.00 ± 10.00</td>" in table  # mean 60, sample standard deviation 10 (n - 1)
+    assert "<td>0.00 ± 0.00 (of 2)</td>" in table and "<td>1.5 ± 0.0</td>" in table  # fwt; wall time (s)
+
+
 def test_several_strategies_one_row_per_run(tmp_path):
     a = fake_run(tmp_path / "a", strategy="ewc")
     b = fake_run(tmp_path / "b", strategy="lwf", curves=False)
@@ -160,8 +174,12 @@ def test_forgetting_per_experience_matches_metric(tmp_path):
     f = report.forgetting_per_experience(R)
     assert f == pytest.approx([0.3, 0.5])
     assert sum(f) / len(f) == pytest.approx(metrics_forgetting(R))
-    ax = report.fig_forgetting(report.load_run(fake_run(tmp_path / "r", T=3, curves=False))).axes[0]
+    run = report.load_run(fake_run(tmp_path / "r", T=3, curves=False))
+    ax = report.fig_forgetting(run).axes[0]
     assert len(ax.patches) == 2
+    assert [100 * v for v in report.forgetting_per_experience(run.R)] == pytest.approx([p.get_height() for p in ax.patches])
+    dashed = [line for line in ax.lines if line.get_linestyle() == "--"]
+    assert len(dashed) == 1 and dashed[0].get_ydata()[0] == pytest.approx(100 * metrics_forgetting(run.R))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """Paper reproductions: protocol files, expansion, verdicts, the resumable cache and the CLI."""
 import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -76,8 +78,10 @@ def test_seed_configs_and_first_seed_in_a_protocol(tmp_path):
     specs = rp.expand(p)
     assert [s.seed for s in specs] == [3, 4, 3, 4]
     assert [s.config["train"]["lr"] for s in specs] == [0.5, 0.001, 0.5, 0.001]
-    for bad, needle in (({"first_seed": -1}, "first_seed"), ({"seed_configs": {"x": {}}}, "not a seed"),
-                        ({"seed_configs": {3: [1]}}, "seed_configs.3 must be a mapping")):
+    for bad, needle in (({"first_seed": -1}, "key 'first_seed': .*greater than or equal to 0"),
+                        ({"seed_configs": {"x": {}}}, "key 'seed_configs': 'x' is not allowed as a key"),
+                        ({"seed_configs": {3: [1]}}, r"key 'seed_configs.3': .*valid dictionary"),
+                        ({"seed_configs": {3: {"train": {"lr": -1}}}}, r"seed_configs.3: config key 'train.lr'")):
         path = tmp_path / "p.yaml"
         path.write_text(yaml.safe_dump({**_tiny_protocol(), **bad}))
         with pytest.raises(ConfigError, match=needle):
@@ -85,28 +89,106 @@ def test_seed_configs_and_first_seed_in_a_protocol(tmp_path):
 
 
 @pytest.mark.parametrize("edit, needle", [
-    (lambda d: d["scenarios"].update(bogus={}), "unknown scenario 'bogus'"),
-    (lambda d: d["published"]["task"].update(nope={"mean": 1.0}), "unknown method 'nope'"),
-    (lambda d: d["published"]["task"]["none"].update(mean="high"), "mean and sem must be numbers"),
-    (lambda d: d["methods"]["none"].pop("config"), "needs a 'config' mapping"),
-    (lambda d: d.update(tolerance={"points": -1}), "tolerance.points"),
+    # unknown keys, at every level: the message names the key and what is allowed there
+    (lambda d: d.update(seed=3), r"unknown key 'seed'; allowed here: name, title, citation"),
+    (lambda d: d["citation"].update(year=2022), r"unknown key 'citation.year'; allowed here: paper, table"),
+    (lambda d: d["scenarios"]["task"].update(confg={}), r"unknown key 'scenarios.task.confg'; allowed here: label, "
+                                                        "config, method_params"),
+    (lambda d: d["methods"]["none"].update(lable="x"), r"unknown key 'methods.none.lable'; allowed here: label"),
+    (lambda d: d["tolerance"].update(point=1.0), r"unknown key 'tolerance.point'; allowed here: points, se_multiplier"),
+    (lambda d: d["published"].update(provenence="primary"), r"unknown key 'published.provenence'"),
+    (lambda d: d["published"]["task"]["none"].update(std=1.0), r"unknown key 'published.task.none.std'; allowed "
+                                                               "here: mean, sem, source"),
+    (lambda d: d.update(notes={"general": [], "cell": {}}), r"unknown key 'notes.cell'; allowed here: general, cells"),
+    (lambda d: d["scenarios"].update(bogus={}), r"key 'scenarios': 'bogus' is not allowed as a key here: .*'task', "
+                                                "'domain' or 'class'"),
+    # wrong types and values (not coerced: YAML 1.1 reads 1e5 as the string '1e5')
+    (lambda d: d["published"]["task"]["none"].update(mean="high"), r"key 'published.task.none.mean': .*valid number "
+                                                                   r"\(got 'high'\)"),
+    (lambda d: d.update(tolerance={"points": "1e5"}), r"key 'tolerance.points': .*valid number \(got '1e5'\)"),
+    (lambda d: d.update(seeds="5"), r"key 'seeds': .*valid integer \(got '5'\)"),
+    (lambda d: d.update(tolerance={"points": -1}), r"key 'tolerance.points': .*greater than or equal to 0"),
+    (lambda d: d.update(metric="acc"), r"key 'metric': .*'average_accuracy'"),
+    (lambda d: d["published"].update(provenance="tertiary"), r"key 'published.provenance': .*'primary' or "
+                                                             "'secondary'"),
+    (lambda d: d.update(name="../elsewhere"), r"key 'name': .*pattern"),
+    # missing required fields
+    (lambda d: d.pop("name"), r"missing required key 'name'"),
+    (lambda d: d.pop("base"), r"missing required key 'base'"),
+    (lambda d: d["methods"]["none"].pop("config"), r"missing required key 'methods.none.config'"),
+    (lambda d: d["methods"]["none"]["config"]["strategy"].pop("name"), r"missing required key "
+                                                                       "'methods.none.config.strategy.name'"),
+    (lambda d: d["published"]["task"]["none"].pop("mean"), r"missing required key 'published.task.none.mean'"),
+    # names that must refer to the protocol's own scenarios and methods
+    (lambda d: d["published"]["task"].update(nope={"mean": 1.0}), r"key 'published.task.nope': unknown method 'nope'; "
+                                                                  "the protocol's methods: joint, none"),
+    (lambda d: d["published"].update({"class": {"none": {"mean": 1.0}}}), r"key 'published.class': scenario 'class' "
+                                                                          "is not defined"),
+    (lambda d: d["methods"]["none"].update(scenarios=["domain"]), r"key 'methods.none.scenarios': scenario 'domain'"),
+    (lambda d: d.update(default_scenarios=["class"]), r"key 'default_scenarios': scenario 'class'"),
+    (lambda d: d["scenarios"]["task"].update(method_params={"ewc": {}}), r"key 'scenarios.task.method_params.ewc': "
+                                                                         "unknown method 'ewc'"),
+    (lambda d: d.update(notes={"cells": {"task": {"nobody": "x"}}}), r"key 'notes.cells.task.nobody': unknown method"),
+    # RunConfig fragments, checked with the run config schema: the fragment's key, then the config key
+    (lambda d: d["base"]["train"].update(lr=-1), r", base: config key 'train.lr': .*greater than 0"),
+    (lambda d: d["base"]["train"].update(lrr=0.1), r", base: unknown config key 'train.lrr'; allowed keys here: "),
+    (lambda d: d["methods"]["joint"]["config"].update(train={"lr": -1}), r", methods.joint.config: config key "
+                                                                         "'train.lr'"),
+    (lambda d: d["scenarios"]["task"]["config"].update(model={"head": "wide"}), r", scenarios.task.config: config key "
+                                                                                "'model.head'"),
+    (lambda d: d["methods"]["joint"]["config"]["strategy"].update(name="nope"), r", methods.joint.config: unknown "
+                                                                                "strategy 'nope'"),
 ])
 def test_protocol_mistakes_are_one_clear_message(tmp_path, edit, needle):
     data = _tiny_protocol()
     edit(data)
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(data))
-    with pytest.raises(ConfigError, match=needle):
+    with pytest.raises(ConfigError, match=needle) as exc:
         rp.load_protocol(path)
+    assert str(exc.value).startswith(f"protocol {path}")   # names the file
+    assert "\n" not in str(exc.value) and len(str(exc.value)) < 400
 
 
-def test_a_bad_config_in_a_protocol_names_scenario_and_method(tmp_path):
+def test_a_protocol_file_must_be_a_mapping(tmp_path):
+    path = tmp_path / "p.yaml"
+    for text, needle in (("- 1\n", "must hold a mapping of protocol keys (got list)"),
+                         ("", "must hold a mapping of protocol keys (got NoneType)"),
+                         ("name: [unclosed\n", "could not parse protocol")):
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=re.escape(needle)):
+            rp.load_protocol(path)
+
+
+def test_a_bad_config_in_a_protocol_names_scenario_and_method_at_load_time(tmp_path):
     data = _tiny_protocol()
     data["scenarios"]["task"]["method_params"] = {"none": {"ewc_lambda": 1.0}}
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(data))
-    with pytest.raises(ConfigError, match="scenario 'task', method 'none'.*ewc_lambda"):
-        rp.expand(rp.load_protocol(path))
+    with pytest.raises(ConfigError, match=f"protocol {re.escape(str(path))}, scenario 'task', method 'none': "
+                                          "unknown parameter 'strategy.ewc_lambda'"):
+        rp.load_protocol(path)
+
+
+def test_the_example_in_the_docs_is_a_valid_protocol():
+    docs = Path(__file__).resolve().parents[1] / "docs" / "protocols.md"
+    (block,) = re.findall(r"```yaml\n(.*?)```", docs.read_text(), re.S)
+    data = yaml.safe_load(block)
+    rp.validate_protocol(data, "docs/protocols.md")
+    p = rp.Protocol(data["name"], data)
+    specs = rp.expand(p, seeds=1, scenarios=p.scenarios)
+    assert len(specs) == 3 * 4 + 1 and {s.method for s in specs if s.scenario == "class"} >= {"icarl"}
+
+
+def test_the_schema_fills_in_the_documented_defaults():
+    data = {k: v for k, v in _tiny_protocol().items() if k in ("name", "base", "scenarios", "methods")}
+    del data["methods"]["joint"]["label"]
+    spec = rp.validate_protocol(data)
+    assert isinstance(spec, rp.ProtocolFile)
+    p = rp.Protocol("t", data)
+    assert (p.seeds, p.first_seed, p.metric, p.tolerance) == (5, 0, "average_accuracy", (3.0, 2.0))
+    assert p.title == "t" and p.default_scenarios == ["task"] and p.label("joint") == "joint"
+    assert p.published("task", "none") == {"mean": None, "sem": None} and p.reference("task", "none") is None
 
 
 # ----------------------------------------------------------------------------- verdicts
@@ -167,8 +249,8 @@ def test_resume_reuses_finished_runs_and_recomputes_only_what_changed(tmp_path, 
     argv = ["reproduce", "vandeven2022-splitmnist", "--scenarios", "task", "--methods", "none,joint", "--seeds", "2",
             *TINY, "--out", str(out), "--quiet"]
     calls = []
-    real = rp.run_and_store
-    monkeypatch.setattr(rp, "run_and_store", lambda item: calls.append(item) or real(item))
+    real = rp.store.run_and_store
+    monkeypatch.setattr(rp.store, "run_and_store", lambda item: calls.append(item) or real(item))
     code, stdout, _ = _run(argv, capsys)
     # 5-iteration runs on digits are far from the published Split MNIST values: FAIL, exit 1
     assert code == 1 and len(calls) == 4
@@ -245,6 +327,25 @@ def test_permuted_mnist_protocol_runs_shortened(tmp_path, capsys):
     stored = json.loads(next((out / "runs" / "domain" / "er").rglob("*.json")).read_text())
     assert stored["config"]["model"]["hidden"] == [1000, 1000] and stored["config"]["train"]["lr"] == 0.0001
     assert stored["config"]["strategy"]["mem_per_class"] == 10
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda d: d["methods"]["none"].update(lable="x"), "unknown key 'methods.none.lable'"),
+    (lambda d: d.update(seeds="5"), "key 'seeds': Input should be a valid integer"),
+    (lambda d: d.pop("methods"), "missing required key 'methods'"),
+    (lambda d: d["base"]["train"].update(lr=-1), "base: config key 'train.lr': Input should be greater than 0"),
+])
+def test_cli_refuses_a_bad_protocol_file_before_any_run(tmp_path, capsys, monkeypatch, edit, needle):
+    calls = []
+    monkeypatch.setattr(rp.store, "run_and_store", lambda item: calls.append(item))
+    data = _tiny_protocol()
+    edit(data)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    code, stdout, err = _run(["reproduce", str(path), "--seeds", "1", "--out", str(tmp_path / "o"), "--quiet"], capsys)
+    err = " ".join(err.split())
+    assert code == 2 and calls == [] and not (tmp_path / "o").exists()
+    assert needle in err and str(path) in err and "Traceback" not in err
 
 
 def test_cli_list_and_errors(capsys, tmp_path):

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from .errors import ConfigError
+from .schedules import ScheduleConfig
 
-_STRICT = ConfigDict(extra="forbid")
+# every section: unknown keys are errors, and no float anywhere may be inf or NaN (a learning rate
+# of .inf gives a NaN run, not an error)
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class FeaturesConfig(BaseModel):
@@ -41,6 +44,12 @@ class FeaturesConfig(BaseModel):
             if missing:
                 raise ValueError(f"backbone 'local' needs features.{missing[0]} "
                                  "(module: 'package.module:ClassName', weights: a state-dict file)")
+            from .registry import resolve
+
+            try:  # imported only if allowed, and checked to be an nn.Module class, before anything is called
+                resolve(self.module, "extractor", key="features.module")
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
         else:
             given = [k for k in ("module", "weights", "kwargs") if getattr(self, k) is not None]
             if given:
@@ -77,10 +86,30 @@ class BenchmarkConfig(BaseModel):
 
 class ModelConfig(BaseModel):
     model_config = _STRICT
-    name: Literal["mlp", "cnn", "lite0_head"] = "mlp"  # lite0_head: on features {layer: blocks}
-    hidden: Optional[list[int]] = None  # mlp: hidden widths (default [400, 400]); cnn: fc widths
-    channels: Optional[list[int]] = None  # cnn only
+    # mlp, cnn, lite0_head (on features {layer: blocks}), an installed entry point (group
+    # lifelong.models) or your own "package.module:Class" (lifelong.registry: allow-list, contract)
+    name: str = "mlp"
+    hidden: Optional[list[Annotated[int, Field(ge=1)]]] = None  # mlp: widths (default [400, 400]); cnn: fc widths
+    channels: Optional[list[Annotated[int, Field(ge=1)]]] = None  # cnn only
     head: Optional[Literal["single", "incremental", "multi"]] = None  # None: by scenario
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        """A built-in, or a reference resolved now (allow-list, an nn.Module subclass), before any data loads."""
+        from . import registry
+        from .models import BACKBONES, backbone_class
+
+        if name in BACKBONES:
+            return name
+        if not registry.is_reference(name) and name not in registry.entry_point_names("model"):
+            builtins = ", ".join(repr(b) for b in BACKBONES)
+            raise ValueError(f"input should be one of {builtins}, {registry.reference_help('model')} (got {name!r})")
+        try:
+            backbone_class(name)
+        except ConfigError as exc:
+            raise ValueError(str(exc).removeprefix("model.name: ")) from None
+        return name
 
 
 class StrategyConfig(BaseModel):
@@ -95,15 +124,35 @@ class StrategyConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
-class TrainConfig(BaseModel):
+class OptimizerConfig(BaseModel):
+    """The optimizer and the passes over the data: shared by a run's ``train`` section and a
+    test-time-adaptation run's source training."""
+
     model_config = _STRICT
-    iterations: Optional[int] = Field(None, ge=1)  # per experience; None: use epochs
     epochs: int = Field(1, ge=1)
     batch_size: int = Field(128, ge=1)
     optimizer: Literal["sgd", "adam", "adamw"] = "adam"
     lr: float = Field(1e-3, gt=0)
     momentum: float = Field(0.0, ge=0)
     weight_decay: float = Field(0.0, ge=0)
+
+
+class TrainConfig(OptimizerConfig):
+    """How each experience is trained. ``iterations``: per experience, one number or one per
+    experience (None: ``epochs`` passes). ``grad_clip_norm``: clip the gradients' total L2 norm
+    (after the strategy's ``before_step``). ``precision``: fp32, or autocast to bf16 / fp16 (fp16
+    with a gradient scaler). ``compile``: ``torch.compile`` the backbone with this backend
+    (``inductor`` on a GPU; ``eager``/``aot_eager`` to check a model compiles). ``record_grad_norms``:
+    store each update's gradient norm in results (``grad_norms``, for the refined schedule).
+    New keys default to null, so that reproduce's cache keys (which drop null keys) stay valid."""
+
+    model_config = _STRICT
+    iterations: Union[Annotated[int, Field(ge=1)], list[Annotated[int, Field(ge=1)]], None] = None
+    grad_clip_norm: Optional[float] = Field(None, gt=0)
+    precision: Optional[Literal["fp32", "bf16", "fp16"]] = None  # None: fp32
+    compile: Optional[Literal["inductor", "aot_eager", "eager"]] = None
+    record_grad_norms: Optional[bool] = None  # None: false
+    schedule: Optional[ScheduleConfig] = None  # learning-rate schedule (lifelong.schedules); None: constant
     betas: tuple[float, float] = (0.9, 0.999)
     reset_optimizer: bool = True
 
@@ -131,6 +180,16 @@ class TrackingConfig(BaseModel):
     every: int = Field(10, ge=1)  # log the training loss every N iterations
 
 
+class CheckpointConfig(BaseModel):
+    """When a run saves its full state for resuming (besides every experience end): every
+    ``every_iterations`` updates and/or every ``every_seconds`` of wall time (null: 300 s). An
+    execution setting: it never changes a run's numbers."""
+
+    model_config = _STRICT
+    every_iterations: Optional[int] = Field(None, ge=1)
+    every_seconds: Optional[float] = Field(None, gt=0)
+
+
 class RunConfig(BaseModel):
     model_config = _STRICT
     benchmark: BenchmarkConfig = BenchmarkConfig()
@@ -139,6 +198,7 @@ class RunConfig(BaseModel):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     tracking: TrackingConfig = TrackingConfig()
+    checkpoint: Optional[CheckpointConfig] = None  # null: every experience end and every 300 s
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: Optional[int] = Field(None, ge=1)  # torch intra-op threads; None: torch's default
@@ -147,12 +207,21 @@ class RunConfig(BaseModel):
         return json.loads(self.model_dump_json())
 
 
+_SECTION_EXAMPLES = {"strategy": "strategy: {name: er, mem_size: 200}", "benchmark": "benchmark: {name: split-mnist}",
+                     "model": "model: {name: mlp}", "train": "train: {iterations: 500}"}
+
+
 def _format_validation_error(exc: ValidationError, prefix: str = "") -> str:
     lines = []
     for err in exc.errors():
         key = prefix + ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
             lines.append(f"unknown config key '{key}'")
+        elif err["type"] in ("model_type", "model_attributes_type", "dict_type"):  # `strategy: er`
+            lines.append(f"config key '{key}' is a section: give a mapping of its keys (e.g. "
+                         f"{_SECTION_EXAMPLES.get(key, key + ': {...}')}), not {err.get('input')!r}")
+        elif err["type"] == "finite_number":
+            lines.append(f"config key '{key}': must be a finite number (got {err.get('input')!r})")
         elif err["type"] == "literal_error":
             lines.append(f"config key '{key}': {err['msg'].lower()} (got {err.get('input')!r})")
         elif err["type"] == "value_error":  # our own validators: the message says it all
@@ -184,6 +253,7 @@ def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
 
 def parse_config(data: dict) -> RunConfig:
     """Validate a plain dict into a :class:`RunConfig` (strategy params included)."""
+    check_sections(data)
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as exc:
@@ -197,16 +267,29 @@ def parse_config(data: dict) -> RunConfig:
     return cfg
 
 
+def check_sections(data: dict) -> None:
+    """Every section of a config (``strategy``, ``train``, ...) must be a mapping: ``strategy: er``
+    or ``--set strategy=er`` is one clear error, not a traceback further on."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
+    for key, field in RunConfig.model_fields.items():
+        optional_and_null = data.get(key) is None and field.default is None
+        if key in data and _submodel(field.annotation) is not None and not isinstance(data[key], dict) \
+                and not optional_and_null:
+            example = _SECTION_EXAMPLES.get(key, key + ": {...}")
+            raise ConfigError(f"config key '{key}' is a section: give a mapping of its keys (e.g. {example}), "
+                              f"not {data[key]!r}")
+
+
 def strategy_param_model(cls) -> type[BaseModel]:
-    """A pydantic model of a strategy's constructor parameters (types from annotations)."""
+    """A pydantic model of a strategy's constructor parameters: types, ranges (``Annotated[...,
+    Field(...)]``) and defaults come from the signature; no float may be inf or NaN. The one
+    source for validation, error messages and ``lifelong list``."""
     import inspect
     import typing
 
     sig = inspect.signature(cls.__init__)
-    try:
-        hints = typing.get_type_hints(cls.__init__)
-    except Exception:
-        hints = {}
+    hints = typing.get_type_hints(cls.__init__, include_extras=True)  # keep Annotated's Field
     fields = {}
     for name in cls.get_param_names():
         p = sig.parameters[name]
@@ -215,30 +298,49 @@ def strategy_param_model(cls) -> type[BaseModel]:
     return create_model(f"{cls.__name__}Params", __config__=_STRICT, **fields)
 
 
-def validate_strategy_params(scfg: StrategyConfig) -> dict[str, dict[str, Any]]:
-    """Check every key against the named strategies' parameters; returns params per member."""
+def validate_strategy_params(scfg: StrategyConfig) -> list[tuple[str, dict[str, Any]]]:
+    """Check every key against the named strategies' parameters, before any data loads.
+
+    The one place where strategy parameters are validated (``lifelong.runner.build_strategy``
+    uses it; a strategy built in Python with ``ER(mem_size=-5)`` is not checked by its
+    constructor, see docs/decisions.md). For a composition ``"a+b"`` a key reaches every member
+    that takes it (``mem_size`` in ``"er+agem"`` sets both memories); a key no member takes is an
+    error. Returns ``(name, params)`` per member, in order (``"er+er"`` gives two members)."""
     from .strategies import get_strategy_class
 
     names = [n.strip() for n in scfg.name.split("+")]
     classes = [get_strategy_class(n) for n in names]
     params = scfg.params
-    owners: dict[str, str] = {}
-    for n, c in zip(names, classes):
-        for p in c.get_param_names():
-            owners.setdefault(p, n)
-    unknown = [k for k in params if k not in owners]
+    allowed = list(dict.fromkeys(p for c in classes for p in c.get_param_names()))
+    unknown = [k for k in params if k not in allowed]
     if unknown:
-        allowed = ", ".join(owners) or "(none)"
         raise ConfigError(f"unknown parameter 'strategy.{unknown[0]}' for strategy '{scfg.name}'; "
-                          f"allowed: {allowed}")
-    out = {}
+                          f"allowed: {', '.join(allowed) or '(none: it takes no parameters)'}")
+    out = []
     for n, c in zip(names, classes):
-        mine = {k: v for k, v in params.items() if owners[k] == n}
+        mine = {k: v for k, v in params.items() if k in c.get_param_names()}
         try:
-            out[n] = strategy_param_model(c).model_validate(mine).model_dump()
+            out.append((n, strategy_param_model(c).model_validate(mine).model_dump()))
         except ValidationError as exc:
             raise ConfigError(_format_validation_error(exc, "strategy.")) from None
     return out
+
+
+def check_runnable(cfg: RunConfig) -> None:
+    """What can be known before any data loads, beyond the config's own types: the benchmark
+    exists and every ``benchmark.*`` key given applies to it (``data_dir`` only for datasets read
+    from a folder), and every member of the strategy supports the scenario the run will have.
+    The command line calls it for every run of a sweep before the first one starts."""
+    from .strategies import get_strategy_class
+    from .streams.presets import benchmark_scenario
+
+    scenario = benchmark_scenario(cfg.benchmark)
+    for name in cfg.strategy.name.split("+"):
+        cls = get_strategy_class(name.strip())
+        if scenario not in cls.scenarios:
+            raise ConfigError(f"strategy '{name.strip()}' supports scenarios {', '.join(cls.scenarios)}, not "
+                              f"'{scenario}' (benchmark '{cfg.benchmark.name}'); choose another strategy or set "
+                              "benchmark.scenario (--scenario)")
 
 
 def load_config_file(path: str | Path) -> dict:
@@ -250,7 +352,7 @@ def load_config_file(path: str | Path) -> dict:
         if path.suffix in (".yaml", ".yml"):
             import yaml
 
-            data = yaml.safe_load(text) or {}
+            data = yaml.safe_load(text)
         elif path.suffix == ".toml":
             try:
                 import tomllib
@@ -265,6 +367,9 @@ def load_config_file(path: str | Path) -> dict:
         raise
     except Exception as exc:
         raise ConfigError(f"could not parse {path}: {exc}") from None
+    if data is None or data == {}:  # an empty file is a mistake (wrong file?), not "all defaults"
+        raise ConfigError(f"config file {path} is empty; give at least one section, e.g. "
+                          "benchmark: {name: split-mnist}")
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of config sections, got {type(data).__name__}")
     return data

@@ -16,13 +16,23 @@ import torch
 from .streams import Experience, Split
 
 
+def task_ids(exp: Experience, data: Split) -> torch.Tensor:
+    """Each sample's task id: the split's own, else the experience's."""
+    if data.t is not None:
+        return data.t
+    return torch.full((len(data),), exp.task_id, dtype=torch.long, device=data.y.device)
+
+
 @torch.no_grad()
 def evaluate(strategy, experiences: list[Experience], batch_size: int = 1000,
-             split: str = "test") -> tuple[list[float], list[float]]:
+             split: str = "test", task_aware_predict: bool = False) -> tuple[list[float], list[float]]:
     """Accuracy on each experience: (task-agnostic, task-aware).
 
-    Task-agnostic takes the argmax over every output; task-aware only over the experience's
-    own classes (the task id is known at test time)."""
+    Task-agnostic takes the argmax of ``strategy.predict(x, None)`` over every output; task-aware
+    only over the experience's own classes (the task id is known at test time). With
+    ``task_aware_predict`` (task-IL), the task-aware scores come from ``strategy.predict(x,
+    task)`` with the samples' task ids, so a method can answer with a task's own mask,
+    sub-network or generated weights."""
     model = strategy.model
     was_training = model.training
     model.eval()
@@ -32,10 +42,13 @@ def evaluate(strategy, experiences: list[Experience], batch_size: int = 1000,
         classes = torch.as_tensor(exp.classes, device=data.y.device)
         hit_any = torch.zeros((), dtype=torch.long, device=data.y.device)
         hit_task = torch.zeros((), dtype=torch.long, device=data.y.device)
+        tids = task_ids(exp, data) if task_aware_predict else None
         for s in range(0, len(data), batch_size):
             x, y = data.x[s:s + batch_size], data.y[s:s + batch_size]
             scores = strategy.predict(x, None)
             hit_any += (scores.argmax(1) == y).sum()
+            if tids is not None:
+                scores = strategy.predict(x, tids[s:s + batch_size])
             hit_task += (classes[scores[:, classes].argmax(1)] == y).sum()
         hits.append(torch.stack([hit_any, hit_task]))
     model.train(was_training)
@@ -58,16 +71,17 @@ class ContinualEvaluator:
                  task_aware: bool = False, seed: int = 0, split: str = "test", batch_size: int = 5000):
         self.every, self.task_aware, self.batch_size = every, task_aware, batch_size
         g = torch.Generator().manual_seed(seed + 104729)
-        xs, ys, ends = [], [], []
+        xs, ys, ts, ends = [], [], [], []
         masks = torch.zeros(len(experiences), n_classes, dtype=torch.bool)
         for j, e in enumerate(experiences):
             data = getattr(e, split)
             idx = torch.randperm(len(data), generator=g)[:subsample].to(data.y.device)
             xs.append(data.x[idx])
             ys.append(data.y[idx])
+            ts.append(task_ids(e, data)[idx])
             ends.append(sum(len(y) for y in ys))
             masks[j, e.classes] = True
-        self.x, self.y = torch.cat(xs), torch.cat(ys)
+        self.x, self.y, self.t = torch.cat(xs), torch.cat(ys), torch.cat(ts)
         self.ends = ends
         self.seg = torch.cat([torch.full((len(y),), j, dtype=torch.long) for j, y in enumerate(ys)]).to(self.y.device)
         self.masks = masks.to(self.y.device)
@@ -90,7 +104,7 @@ class ContinualEvaluator:
         for s in range(0, end, self.batch_size):
             x, y, seg = self.x[s:min(s + self.batch_size, end)], self.y[s:min(s + self.batch_size, end)], \
                 self.seg[s:min(s + self.batch_size, end)]
-            scores = strategy.predict(x, None)
+            scores = strategy.predict(x, self.t[s:min(s + self.batch_size, end)] if self.task_aware else None)
             if self.task_aware:
                 scores = scores.masked_fill(~self.masks[seg], float("-inf"))
             hits.append(scores.argmax(1) == y)
@@ -103,6 +117,16 @@ class ContinualEvaluator:
         self.rows.append(row)
         model.train()
         self.time_s += time.perf_counter() - t0
+
+    def state(self) -> dict:
+        """What a checkpoint keeps: the curve so far (the subsample is a function of the seed)."""
+        return {"steps": [int(v) for v in self.steps], "rows": [[float(v) for v in r] for r in self.rows],
+                "time_s": self.time_s}
+
+    def load_state(self, state: dict) -> None:
+        self.steps = list(state["steps"])
+        self.rows = [np.asarray(r, dtype=float) for r in state["rows"]]
+        self.time_s = float(state["time_s"])
 
     @property
     def latest(self) -> float | None:

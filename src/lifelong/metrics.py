@@ -31,12 +31,16 @@ def average_incremental_accuracy(R) -> float:
     return float(np.mean([R[i, : i + 1].mean() for i in range(len(R))]))
 
 
-def forgetting(R) -> float:
+def forgetting_per_experience(R) -> list[float]:
+    """``max_{l<T-1} R[l][j] - R[T-1][j]`` for each ``j < T-1``; their mean is :func:`forgetting`."""
     R = _R(R)
     T = len(R)
-    if T < 2:
-        return 0.0
-    return float(np.mean([R[: T - 1, j].max() - R[T - 1, j] for j in range(T - 1)]))
+    return [float(R[: T - 1, j].max() - R[T - 1, j]) for j in range(T - 1)]
+
+
+def forgetting(R) -> float:
+    per = forgetting_per_experience(R)
+    return float(np.mean(per)) if per else 0.0
 
 
 def bwt(R) -> float:

@@ -1,9 +1,10 @@
 """From a config to results: build the stream, model and strategy, train, write the run folder.
 
 ``run(config)`` is a pure function of the config (which holds the seed): the same config gives
-the same numbers. ``run_to_folder`` adds the run folder (results.json, config.yaml,
-checkpoint.pt), written to a temporary folder and renamed at the end, so an interrupted run
-leaves nothing half-written and an existing folder is never overwritten.
+the same numbers, and a run resumed from a checkpoint gives the numbers of a run never
+interrupted. ``run_to_folder`` adds the run folder (results.json, config.yaml, checkpoint.pt,
+curves.csv): checkpointed while it runs, resumed when rerun, results.json written last; an
+existing folder of anything else is never overwritten (:mod:`lifelong.runfolder`).
 """
 from __future__ import annotations
 
@@ -38,8 +39,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_strategy(cfg: RunConfig):
-    params = validate_strategy_params(cfg.strategy)
-    members = [get_strategy_class(n)(**p) for n, p in params.items()]
+    members = [get_strategy_class(n)(**p) for n, p in validate_strategy_params(cfg.strategy)]
     strategy = members[0] if len(members) == 1 else Compose(*members)
     return strategy
 
@@ -63,14 +63,16 @@ def make_optimizer_factory(tc):
     return make
 
 
-def run(config: RunConfig | dict, monitor=None) -> dict:
-    """Run one configuration; returns the results dict (also what ``results.json`` holds)."""
+def run(config: RunConfig | dict, monitor=None, checkpointer=None, resume: dict | None = None) -> dict:
+    """Run one configuration; returns the results dict (also what ``results.json`` holds).
+    ``checkpointer`` / ``resume``: see :func:`lifelong.training.train`."""
     cfg = config if isinstance(config, RunConfig) else parse_config(config)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
+    strategy = build_strategy(cfg)  # before any data loads: a bad composition is refused at once
     stream = build_benchmark(cfg.benchmark, cfg.seed)
-    strategy = build_strategy(cfg)
+    check_iterations(cfg.train.iterations, len(stream))
     if stream.scenario not in strategy.scenarios:
         raise ConfigError(f"strategy '{strategy.name}' supports scenarios {list(strategy.scenarios)}, "
                           f"not '{stream.scenario}'")
@@ -78,13 +80,18 @@ def run(config: RunConfig | dict, monitor=None) -> dict:
     m = cfg.model
     kwargs = {k: v for k, v in (("hidden", m.hidden), ("channels", m.channels)) if v is not None}
     model = build_model(m.name, stream.input_shape, stream.n_classes, stream.scenario, m.head, **kwargs).to(device)
+    if cfg.train.compile:
+        model.backbone.compile(backend=cfg.train.compile)  # in place: state_dict keys unchanged
     strategy.setup(model, device, cfg.seed)
+    tc = cfg.train
     t0 = time.perf_counter()
-    result = train(stream.to(device), strategy, make_optimizer_factory(cfg.train), batch_size=cfg.train.batch_size,
-                   iterations=cfg.train.iterations, epochs=cfg.train.epochs, seed=cfg.seed,
-                   reset_optimizer=cfg.train.reset_optimizer, eval_batch_size=cfg.eval.batch_size,
+    result = train(stream.to(device), strategy, make_optimizer_factory(tc), batch_size=tc.batch_size,
+                   iterations=tc.iterations, epochs=tc.epochs, seed=cfg.seed,
+                   reset_optimizer=tc.reset_optimizer, eval_batch_size=cfg.eval.batch_size,
                    eval_every=cfg.eval.every, eval_subsample=cfg.eval.subsample, eval_split=cfg.eval.split,
-                   monitor=monitor)
+                   monitor=monitor, schedule=build_run_schedule(tc, stream), grad_clip_norm=tc.grad_clip_norm,
+                   precision=tc.precision or "fp32", record_grad_norms=bool(tc.record_grad_norms),
+                   checkpointer=checkpointer, resume=resume)
     wall = time.perf_counter() - t0
     out = {
         "config": cfg.to_dict(),
@@ -109,9 +116,35 @@ def run(config: RunConfig | dict, monitor=None) -> dict:
         "versions": {"lifelong": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "device": str(device),
     }
+    if tc.record_grad_norms:
+        out["grad_norms"] = result.grad_norms
+    if checkpointer is not None:  # execution facts, like the timings (they differ between resumed runs)
+        out["checkpoints"] = {"saved": checkpointer.saves, "time_s": checkpointer.time_s,
+                              "resumed_from": None if resume is None else list(resume["next"])}
     out["_state"] = {"model": model.state_dict(), "strategy": strategy.extra_state()}
     out["_curve"] = result.curve
     return out
+
+
+def check_iterations(iterations, n_experiences: int) -> None:
+    if isinstance(iterations, list) and len(iterations) != n_experiences:
+        raise ConfigError(f"config key 'train.iterations': {len(iterations)} budgets given for a stream of "
+                          f"{n_experiences} experiences; give one number, or one per experience")
+
+
+def build_run_schedule(tc, stream):
+    """The learning-rate schedule of ``train.schedule`` (None: constant), sized by the planned
+    iterations of each experience (with ``epochs``, from the experience's training set size)."""
+    if getattr(tc, "schedule", None) is None:
+        return None
+    from .schedules import build_schedule
+    from .training import iteration_budget
+
+    budgets = []
+    for exp in stream:
+        b = iteration_budget(exp, tc.iterations)
+        budgets.append(b if b is not None else tc.epochs * -(-len(exp.train) // tc.batch_size))
+    return build_schedule(tc.schedule, budgets)
 
 
 def _continual_summary(result, cfg) -> dict | None:
@@ -125,55 +158,83 @@ def _continual_summary(result, cfg) -> dict | None:
     return out
 
 
-def write_curve(path: Path, curve) -> None:
+def curve_csv(curve) -> str:
     """``curves.csv``: step, experience (being trained), eval_experience, accuracy."""
     import numpy as np
 
     steps, acc = curve
-    with open(path, "w") as f:
-        f.write("step,experience,eval_experience,accuracy\n")
-        for s, row in zip(steps, acc):
-            seen = np.flatnonzero(~np.isnan(row))
-            cur = int(seen.max()) if len(seen) else 0
-            for j in seen:
-                f.write(f"{int(s)},{cur},{int(j)},{row[j]:.6f}\n")
+    lines = ["step,experience,eval_experience,accuracy"]
+    for s, row in zip(steps, acc):
+        seen = np.flatnonzero(~np.isnan(row))
+        cur = int(seen.max()) if len(seen) else 0
+        lines += [f"{int(s)},{cur},{int(j)},{row[j]:.6f}" for j in seen]
+    return "\n".join(lines) + "\n"
 
 
-def run_to_folder(config: RunConfig | dict, out_dir: str | Path, monitor=None) -> dict:
-    """Run and write ``out_dir``; refuses to touch an existing non-empty folder.
+def write_curve(path: Path, curve) -> None:
+    Path(path).write_text(curve_csv(curve))
 
-    Everything is written into a temporary sibling folder first and renamed at the end."""
+
+def run_to_folder(config: RunConfig | dict, out_dir: str | Path, monitor=None, *, reuse: bool = True) -> dict:
+    """Run into the folder ``out_dir`` (see :mod:`lifelong.runfolder`): a new or empty folder
+    starts the run, a folder holding this config's interrupted run resumes it from its last
+    checkpoint, a folder holding this config's finished run gives its stored results (with
+    ``reuse``), anything else is refused untouched."""
+    from . import runfolder as rf
+    from .checkpoint import Checkpointer, load_checkpoint
+    from .io import strict_json_dumps, to_strict_json
     from .tracking import MLflowMonitor, MultiMonitor, TensorBoardMonitor
 
     out_dir = Path(out_dir)
-    check_out_dir(out_dir)
     cfg = config if isinstance(config, RunConfig) else parse_config(config)
-    tmp = out_dir.with_name(out_dir.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    cfg_dict = cfg.to_dict()
+    fp = rf.fingerprint(cfg_dict)
+    state = rf.state_of(out_dir, fp)
+    if state == "foreign" or (state == "finished" and not reuse):
+        rf.refuse_foreign(out_dir)
+    if state == "finished":
+        rf.clean_partial(out_dir)  # a run killed after its results were in place
+        return rf.load_finished(out_dir)
+    build_strategy(cfg)  # a composition that would drop behaviour is refused before any folder is made
+    created = not out_dir.exists()
+    partial = rf.prepare(out_dir, cfg_dict, fp)
+    with rf.Lock(partial / "lock"), rf.discard_on_user_error(out_dir, created):
+        rf.remove_stale_temporaries(partial)
+        ck_cfg = cfg.checkpoint
+        checkpointer = Checkpointer(partial / "resume.pt", fp,
+                                    every_iterations=ck_cfg.every_iterations if ck_cfg else None,
+                                    every_seconds=(ck_cfg.every_seconds or 300.0) if ck_cfg else 300.0)
+        resume = load_checkpoint(partial / "resume.pt", fp) if (partial / "resume.pt").exists() else None
         tr = cfg.tracking
         monitors = MultiMonitor(
             monitor,
-            TensorBoardMonitor(tmp / "tensorboard", tr.every, cfg.to_dict()) if tr.tensorboard else None,
-            MLflowMonitor(tr.mlflow_uri, run_name=out_dir.name, config=cfg.to_dict(), every=tr.every)
+            TensorBoardMonitor(partial / "tensorboard", tr.every, cfg_dict) if tr.tensorboard else None,
+            MLflowMonitor(tr.mlflow_uri, run_name=out_dir.name, config=cfg_dict, every=tr.every)
             if tr.mlflow else None)
         with monitors:
-            res = run(cfg, monitors)
+            res = run(cfg, monitors, checkpointer=checkpointer, resume=resume)
             state, curve = res.pop("_state"), res.pop("_curve")
-            (tmp / "results.json").write_text(json.dumps(res, indent=2))
-            monitors.close(res, results_path=tmp / "results.json")
-        (tmp / "config.yaml").write_text(yaml.safe_dump(res["config"], sort_keys=False))
-        torch.save(state, tmp / "checkpoint.pt")
+            res, undefined = to_strict_json(res)
+            res["status"] = "complete"
+            res["undefined"] = undefined  # values that were NaN or infinite (null in the file)
+            (partial / "results.json").write_text(strict_json_dumps(res))
+            monitors.close(res, results_path=partial / "results.json")
+        files = {"config.yaml": yaml.safe_dump(res["config"], sort_keys=False).encode(),
+                 "checkpoint.pt": _torch_bytes(state), "results.json": strict_json_dumps(res).encode()}
         if curve is not None:
-            write_curve(tmp / "curves.csv", curve)
-        check_out_dir(out_dir)
-        if out_dir.exists():
-            out_dir.rmdir()  # empty (checked above)
-        tmp.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            files["curves.csv"] = curve_csv(curve).encode()
+        if (partial / "tensorboard").is_dir():
+            shutil.move(str(partial / "tensorboard"), str(out_dir / "tensorboard"))
+        rf.finish(out_dir, files)
     return res
+
+
+def _torch_bytes(obj) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
 
 
 def check_out_dir(out_dir: Path) -> None:

@@ -1,16 +1,20 @@
 """The training loop. Everything a method does happens in its strategy's hooks."""
 from __future__ import annotations
 
+import contextlib
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
+from . import checkpoint as ckpt
 from . import metrics
+from .errors import DivergenceError
 from .evaluation import ContinualEvaluator, evaluate
-from .streams import Stream
-from .strategies.base import Batch, Strategy
+from .streams import Experience, Stream
+from .strategies.base import Batch, StepContext, Strategy
 
 
 def index_batches(n: int, batch_size: int, generator: torch.Generator, iterations: int | None = None,
@@ -44,6 +48,7 @@ class RunResult:
     # gradient step is one update; an experience fitted in closed form, without gradient steps, is one)
     curve: tuple | None = None  # (steps (S,), acc (S, T)) from continual evaluation
     continual_eval_time_s: float = 0.0
+    grad_norms: list = field(default_factory=list)  # with record_grad_norms: one per update
 
     @property
     def task_aware(self) -> bool:
@@ -63,65 +68,115 @@ class RunResult:
 
 
 def train(stream: Stream, strategy: Strategy, make_optimizer: Callable, *, batch_size: int = 128,
-          iterations: int | None = None, epochs: int = 1, seed: int = 0, reset_optimizer: bool = True,
+          iterations: int | list[int] | None = None, epochs: int = 1, seed: int = 0, reset_optimizer: bool = True,
           eval_batch_size: int = 1000, eval_every: int | None = None, eval_subsample: int = 1000,
-          eval_split: str = "test", monitor=None) -> RunResult:
+          eval_split: str = "test", monitor=None, schedule=None, grad_clip_norm: float | None = None,
+          precision: str = "fp32", record_grad_norms: bool = False, checkpointer=None,
+          resume: dict | None = None) -> RunResult:
     """Train ``strategy`` (set up with its model) on every experience of ``stream`` in order,
     evaluating on all test experiences after each one and, with ``eval_every``, on a fixed
-    subsample of the seen experiences every ``eval_every`` iterations (continual evaluation)."""
+    subsample of the seen experiences every ``eval_every`` iterations (continual evaluation).
+
+    ``iterations``: per experience (one number, or one per experience; an experience's own
+    ``iterations`` wins), else ``epochs`` passes. ``schedule``: a :mod:`lifelong.schedules`
+    schedule scaling every group's learning rate. ``precision``: fp32, bf16 or fp16 (autocast;
+    fp16 with a gradient scaler, unscaled before ``before_step``). ``checkpointer``: saves a
+    snapshot at every experience end and when ``checkpointer.due(step)``; ``resume``: such a
+    snapshot, from which the run continues exactly as if never interrupted."""
     model, dev = strategy.model, strategy.device
     g = torch.Generator().manual_seed(seed)
     result = RunResult(stream.scenario)
     cont = None if not eval_every else ContinualEvaluator(
         stream.experiences, stream.n_classes, eval_every, eval_subsample, stream.scenario == "task", seed, eval_split)
-    step = 0
-    t0 = time.perf_counter()
-    result.initial_agnostic, result.initial_aware = evaluate(strategy, stream.experiences, eval_batch_size)
-    result.eval_time_s += time.perf_counter() - t0
-    optimizer = None
-    for exp in stream:
+    amp = Precision(precision, dev)
+    ctx = StepContext(grad_scaler=amp.scaler, stream=stream)
+    strategy.set_context(ctx)
+    schedule = None if schedule is None or schedule.is_constant else schedule
+    task_aware = stream.scenario == "task"
+    optimizer, start = None, (0, 0)
+    if resume is None:
         t0 = time.perf_counter()
+        result.initial_agnostic, result.initial_aware = evaluate(strategy, stream.experiences, eval_batch_size,
+                                                                 task_aware_predict=task_aware)
+        result.eval_time_s += time.perf_counter() - t0
+    else:
+        start = resume_progress(resume, result, cont, ctx)
+    for exp in stream:
+        if exp.index < start[0]:
+            continue
+        t0 = time.perf_counter()
+        resuming = resume is not None and exp.index == start[0]
+        if resuming:  # the state this experience started from; the steps below replay its set-up
+            boundary = resume["boundary"]
+            optimizer = restore_boundary(boundary, strategy, optimizer, make_optimizer, amp.scaler)
+            g.set_state(resume["batch_generator"])
+        elif checkpointer:
+            boundary = ckpt.model_and_strategy(strategy, None if reset_optimizer else optimizer, amp.scaler)
         model.observe(exp.classes, exp.task_id)
         strategy.before_experience(exp)
         optimizer = _optimizer_for(strategy.param_groups(), make_optimizer, None if reset_optimizer else optimizer)
         data = strategy.train_data(exp)  # None: the strategy fits in closed form (after_experience)
-        n_iters = 0 if data is None else iterations if iterations is not None else epochs * -(-len(data) // batch_size)
+        budget = iteration_budget(exp, iterations)
+        n_iters = 0 if data is None else budget if budget is not None else epochs * -(-len(data) // batch_size)
+        ctx.optimizer, ctx.experience, ctx.iteration, ctx.n_iterations = optimizer, exp, 0, n_iters
         if monitor:
             monitor.start(exp, n_iters)
         model.train()
         loss_sum = torch.zeros((), device=dev)
+        g_start = g.get_state()
+        skip = 0
+        if resuming and resume["current"] is not None:  # interrupted inside this experience
+            skip, loss_sum = restore_current(resume["current"], strategy, optimizer, amp.scaler, dev)
         # One task-id tensor per experience, expanded to each batch (no allocation per step; an
         # expanded tensor cannot be written in place by mistake).
         task = None if data is None or data.t is not None else torch.full((1,), exp.task_id, device=data.y.device)
-        for it, idx in enumerate(index_batches(len(data), batch_size, g, iterations, epochs) if n_iters else ()):
+        batches = index_batches(len(data), batch_size, g, budget, epochs) if n_iters else ()
+        for it, idx in enumerate(batches):
+            if it < skip:
+                continue
+            ctx.iteration = it
+            if schedule is not None:
+                apply_schedule(schedule, optimizer, exp.index, it)
             idx = idx.to(data.y.device)
             t = data.t[idx] if task is None else task.expand(len(idx))
-            batch = strategy.augment(Batch(data.x[idx], data.y[idx], t))
-            logits = strategy.forward(batch)
-            loss = strategy.loss(logits, batch)
-            penalty = strategy.penalty(logits, batch)
-            if not (isinstance(penalty, float) and penalty == 0.0):  # no penalty: no extra op
-                loss = loss + penalty
+            batch = strategy.augment(Batch(data.x[idx], data.y[idx], t, index=idx))
+            with amp.autocast():
+                logits = strategy.forward(batch)
+                loss = strategy.loss(logits, batch)
+                penalty = strategy.penalty(logits, batch)
+                if not (isinstance(penalty, float) and penalty == 0.0):  # no penalty: no extra op
+                    loss = loss + penalty
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            amp.backward(loss, optimizer)  # fp16: scaled backward, then gradients unscaled
             strategy.before_step(batch)
-            optimizer.step()
+            if grad_clip_norm is not None or record_grad_norms:
+                norm = torch.nn.utils.clip_grad_norm_(optimizer_params(optimizer), grad_clip_norm or float("inf"))
+                if record_grad_norms:
+                    result.grad_norms.append(norm.detach())
+            amp.step(optimizer)
             strategy.after_step(batch, logits.detach())
             loss_sum += loss.detach()
-            step += 1
+            step = ctx.step = ctx.step + 1
+            if (dev.type == "cpu" or step % 20 == 0) and not torch.isfinite(loss_sum):
+                raise DivergenceError(divergence_message(strategy, optimizer, exp, it, step, loss, precision))
             if cont:
                 cont.maybe_evaluate(strategy, step, exp.index + 1)
             if monitor:
                 monitor.step(it, loss, cont.latest if cont else None)
+            if checkpointer and it + 1 < n_iters and checkpointer.due(step):
+                checkpointer.save(snapshot(exp.index, it + 1, boundary, strategy, optimizer, amp.scaler, g_start,
+                                           loss_sum, result, cont, ctx.step))
+        if n_iters and not torch.isfinite(loss_sum):
+            raise DivergenceError(divergence_message(strategy, optimizer, exp, n_iters - 1, ctx.step, loss_sum, precision))
         strategy.after_experience(exp)
         if n_iters == 0:  # a closed-form fit counts as one update; the curve records the model it gives
-            step += 1
+            ctx.step += 1
             if cont:
-                cont.maybe_evaluate(strategy, step, exp.index + 1, force=True)
-        result.boundaries.append(step)
+                cont.maybe_evaluate(strategy, ctx.step, exp.index + 1, force=True)
+        result.boundaries.append(ctx.step)
         result.losses.append(loss_sum.item() / max(n_iters, 1))
         t1 = time.perf_counter()
-        agn, awr = evaluate(strategy, stream.experiences, eval_batch_size)
+        agn, awr = evaluate(strategy, stream.experiences, eval_batch_size, task_aware_predict=task_aware)
         result.task_agnostic_matrix.append(agn)
         result.task_aware_matrix.append(awr)
         t2 = time.perf_counter()
@@ -129,9 +184,14 @@ def train(stream: Stream, strategy: Strategy, make_optimizer: Callable, *, batch
         result.eval_time_s += t2 - t1
         if monitor:
             monitor.end(exp, result)
+        if checkpointer and exp.index + 1 < len(stream):
+            checkpointer.save(snapshot(exp.index + 1, 0, None, strategy, None if reset_optimizer else optimizer,
+                                       amp.scaler, g.get_state(), None, result, cont, ctx.step))
     if cont:
         result.curve, result.continual_eval_time_s = cont.curve(), cont.time_s
         result.train_time_s -= cont.time_s
+    if result.grad_norms:
+        result.grad_norms = [float(v) for v in result.grad_norms]
     return result
 
 
@@ -147,3 +207,112 @@ def _optimizer_for(groups, make_optimizer, optimizer):
         for group in make_optimizer(new).param_groups:  # the factory resolves lr_scale and defaults
             optimizer.add_param_group(group)
     return optimizer
+
+
+def iteration_budget(exp: Experience, iterations: int | list[int] | None) -> int | None:
+    """The experience's own budget, else the run's (one number, or one per experience)."""
+    if exp.iterations is not None:
+        return exp.iterations
+    if isinstance(iterations, (list, tuple)):
+        return iterations[exp.index]
+    return iterations
+
+
+def optimizer_params(optimizer) -> list[torch.Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+class Precision:
+    """fp32, or autocast to bf16 / fp16 on the model's device; fp16 adds a gradient scaler whose
+    gradients are unscaled right after ``backward`` (so ``before_step`` sees true gradients)."""
+
+    DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+    def __init__(self, name: str, device: torch.device):
+        self.dtype, self.device = self.DTYPES[name], device
+        self.scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None
+
+    def autocast(self):
+        return contextlib.nullcontext() if self.dtype is None else torch.autocast(self.device.type, self.dtype)
+
+    def backward(self, loss: torch.Tensor, optimizer) -> None:
+        if self.scaler is None:
+            loss.backward()
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer) -> None:
+        if self.scaler is None:
+            optimizer.step()
+        else:  # skipped when the unscaled gradients hold inf/NaN (the scale then shrinks)
+            self.scaler.step(optimizer)
+            self.scaler.update()
+
+
+def apply_schedule(schedule, optimizer, exp_index: int, it: int) -> None:
+    """Every group's learning rate = its base rate (as the optimizer was built) x the factor."""
+    f = schedule.factor(exp_index, it)
+    for group in optimizer.param_groups:
+        group["lr"] = group.setdefault("base_lr", group["lr"]) * f
+
+
+def divergence_message(strategy, optimizer, exp, it: int, step: int, loss, precision: str) -> str:
+    value = float(loss.detach().float()) if torch.is_tensor(loss) else float(loss)
+    what = "NaN" if math.isnan(value) else "infinite"
+    weights = [f"strategy.{k}={v!r}" for k, v in strategy.get_params().items()
+               if isinstance(v, float) and not isinstance(v, bool)]
+    msg = (f"the training loss became {what} at experience {exp.index + 1}, iteration {it + 1} (update {step}); "
+           f"training stopped. Likely keys: train.lr (now {optimizer.param_groups[0]['lr']:g})")
+    if weights:
+        msg += ", the method's weights (" + ", ".join(weights) + ")"
+    if precision == "fp16":
+        msg += ", train.precision (fp16 overflows easily: try bf16 or fp32)"
+    return msg
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints: what a snapshot holds, and how a run continues from one (lifelong.checkpoint)
+def snapshot(exp_index: int, iteration: int, boundary, strategy, optimizer, scaler, g_start, loss_sum,
+             result: RunResult, cont, step: int) -> dict:
+    """Resume at ``iteration`` of experience ``exp_index``. At an experience boundary
+    (``iteration`` 0) the current state is the boundary; inside an experience the snapshot
+    also holds the state the experience started from, whose set-up is replayed on resume.
+    ``g_start``: the batch-order generator as experience ``exp_index`` started (its batches are
+    drawn again and the first ``iteration`` skipped)."""
+    here = ckpt.model_and_strategy(strategy, optimizer, scaler)
+    if iteration == 0:
+        boundary, current = here, None
+    else:
+        current = dict(here, iteration=iteration, loss_sum=loss_sum.detach().clone())
+    return {"format": ckpt.FORMAT, "next": [exp_index, iteration], "step": step, "batch_generator": g_start.clone(),
+            "boundary": boundary, "current": current, "result": _result_state(result),
+            "continual": None if cont is None else cont.state()}
+
+
+def _result_state(result: RunResult) -> dict:
+    state = {k: v for k, v in vars(result).items() if k not in ("curve", "grad_norms")}
+    state["grad_norms"] = [float(v) for v in result.grad_norms]
+    return ckpt._clone(state)
+
+
+def resume_progress(resume: dict, result: RunResult, cont, ctx: StepContext) -> tuple[int, int]:
+    """Partial results, curves and the update count from a snapshot; returns where to go on."""
+    for k, v in ckpt._clone(resume["result"]).items():  # copies: the snapshot stays as it was
+        setattr(result, k, v)
+    if cont is not None and resume["continual"] is not None:
+        cont.load_state(resume["continual"])
+    ctx.step = resume["step"]
+    return tuple(resume["next"])
+
+
+def restore_boundary(boundary: dict, strategy, optimizer, make_optimizer, scaler):
+    ckpt.restore_model_and_strategy(boundary, strategy, None, scaler)
+    if boundary["optimizer"] is not None:  # a run that keeps its optimizer across experiences
+        return ckpt.rebuild_optimizer(boundary["optimizer"], strategy, make_optimizer)
+    return optimizer
+
+
+def restore_current(current: dict, strategy, optimizer, scaler, dev) -> tuple[int, torch.Tensor]:
+    ckpt.restore_model_and_strategy(current, strategy, optimizer, scaler)
+    return current["iteration"], current["loss_sum"].to(dev, copy=True)

@@ -14,7 +14,8 @@ CIFAR pickles are read with :func:`~lifelong.data.base.safe_unpickle` (numpy arr
 containers only, never arbitrary objects). A file with the official name and size is checked
 against the official md5; a mismatch means it is corrupted and nothing is loaded. Smaller files
 (subsets, test fixtures) in the same format are read without a checksum. ``.npz`` files are read
-with ``allow_pickle=False``.
+with ``allow_pickle=False``; features (a float ``x``) must be finite: a file with NaN or infinite
+values is refused at load, with its name and the count.
 """
 from __future__ import annotations
 
@@ -197,7 +198,18 @@ def _load_npz(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     if len(y) and y.min() < 0:
         raise DatasetError(f"{path}: labels must be 0..K-1, found {y.min()}")
     if x.ndim == 2 and np.issubdtype(x.dtype, np.number):
-        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        if np.issubdtype(x.dtype, np.inexact):  # NaN or inf features would train a NaN model
+            bad = ~np.isfinite(x)
+            if bad.any():
+                rows = int(bad.any(axis=1).sum())
+                raise DatasetError(f"{path}: 'x' holds {int(bad.sum())} NaN or infinite values (in {rows} of "
+                                   f"{len(x)} samples); it was not loaded. Remove or impute them first")
+        with np.errstate(over="ignore"):  # overflow is reported below, as a DatasetError
+            xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        if not torch.isfinite(xt).all():  # finite in float64 but beyond float32's range
+            n = int((~torch.isfinite(xt)).sum())
+            raise DatasetError(f"{path}: 'x' holds {n} values beyond float32's range (they become infinite); "
+                               "it was not loaded. Rescale the features first")
     elif x.ndim in (3, 4) and x.dtype == np.uint8:
         xt = as_uint8_images(x, channels_last=True)
     else:

@@ -8,21 +8,30 @@ tasks (``multi``, task-IL: one head per task). ``single`` keeps every output act
 from __future__ import annotations
 
 import math
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
+from .. import registry
 from ..errors import ConfigError
 
 
-class MLP(nn.Module):
-    """Fully connected ReLU network; ``hidden`` gives the widths (784-400-400 for Split MNIST)."""
+def _check_norm(norm: str | None) -> None:
+    if norm not in (None, "batch"):
+        raise ConfigError(f"config key 'model.norm': allowed: 'batch' or null (none), got {norm!r}")
 
-    def __init__(self, input_shape: tuple[int, ...], hidden: list[int] = (400, 400)):
+
+class MLP(nn.Module):
+    """Fully connected ReLU network; ``hidden`` gives the widths (784-400-400 for Split MNIST).
+    ``norm="batch"`` puts batch norm before each ReLU (test-time adaptation: Tent, CoTTA)."""
+
+    def __init__(self, input_shape: tuple[int, ...], hidden: list[int] = (400, 400), norm: str | None = None):
         super().__init__()
+        _check_norm(norm)
         layers, d = [nn.Flatten()], math.prod(input_shape)
         for h in hidden:
-            layers += [nn.Linear(d, h), nn.ReLU()]
+            layers += [nn.Linear(d, h), *([nn.BatchNorm1d(h)] if norm else []), nn.ReLU()]
             d = h
         self.net = nn.Sequential(*layers)
         self.out_features = d
@@ -32,17 +41,21 @@ class MLP(nn.Module):
 
 
 class SmallCNN(nn.Module):
-    """Two conv blocks (32, 64 channels, 3x3, max-pool) and one hidden linear layer, for 28x28 inputs."""
+    """Two conv blocks (32, 64 channels, 3x3, max-pool) and one hidden linear layer, for 28x28 inputs.
+    ``norm="batch"`` puts batch norm before each ReLU (test-time adaptation: Tent, CoTTA)."""
 
-    def __init__(self, input_shape: tuple[int, ...], channels: list[int] = (32, 64), hidden: int = 256):
+    def __init__(self, input_shape: tuple[int, ...], channels: list[int] = (32, 64), hidden: int = 256,
+                 norm: str | None = None):
         super().__init__()
+        _check_norm(norm)
         c, h, w = input_shape
         layers = []
         for ch in channels:
-            layers += [nn.Conv2d(c, ch, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+            layers += [nn.Conv2d(c, ch, 3, padding=1), *([nn.BatchNorm2d(ch)] if norm else []), nn.ReLU(),
+                       nn.MaxPool2d(2)]
             c, h, w = ch, h // 2, w // 2
         self.conv = nn.Sequential(*layers, nn.Flatten())
-        self.fc = nn.Sequential(nn.Linear(c * h * w, hidden), nn.ReLU())
+        self.fc = nn.Sequential(nn.Linear(c * h * w, hidden), *([nn.BatchNorm1d(hidden)] if norm else []), nn.ReLU())
         self.out_features = hidden
 
     def forward(self, x):
@@ -84,6 +97,8 @@ class MultiHead(nn.Module):
         self.in_features, self.n_classes = in_features, n_classes
         self.heads = nn.ModuleDict()
         self.task_classes: dict[int, list[int]] = {}
+        # follows the module through .to(device), so heads created later land on the model's device
+        self.register_buffer("_device_anchor", torch.empty(0), persistent=False)
 
     def observe(self, classes: list[int], task_id: int) -> None:
         key = str(task_id)
@@ -92,14 +107,13 @@ class MultiHead(nn.Module):
             return
         merged = sorted(set(known) | set(classes))
         old = self.heads[key] if key in self.heads else None
-        new = nn.Linear(self.in_features, len(merged))
+        new = nn.Linear(self.in_features, len(merged), device=self._device_anchor.device)
         if old is not None:  # keep the weights of classes the task already had
             with torch.no_grad():
                 for j, c in enumerate(known):
                     new.weight[merged.index(c)] = old.weight[j]
                     new.bias[merged.index(c)] = old.bias[j]
-        dev = next(iter(self.heads.parameters())).device if len(self.heads) else None
-        self.heads[key] = new.to(dev) if dev is not None else new
+        self.heads[key] = new
         self.task_classes[task_id] = merged
 
     def forward(self, h, task=None):
@@ -145,6 +159,40 @@ class ContinualModel(nn.Module):
         self.head.observe(classes, task_id)
 
 
+@runtime_checkable
+class ContinualModelProtocol(Protocol):
+    """The model contract: what a strategy may call on ``self.model`` (docs/architecture.md).
+
+    ``backbone``: the feature extractor (an ``nn.Module``; strategies may freeze it, give it its
+    own parameter group or copy it); ``head``: the classifier on its features; ``features(x)``:
+    (B, out_features) features; ``forward(x, task=None)``: (B, n_classes) logits over the whole
+    label space, ``-inf`` for inactive outputs (``task``: per-sample task ids, task-IL);
+    ``observe(classes, task_id)``: an experience with these classes starts. Every model
+    :func:`build_model` returns satisfies it (checked there); a user backbone is wrapped in a
+    :class:`ContinualModel` with the scenario's head."""
+
+    backbone: nn.Module
+    head: nn.Module
+
+    def features(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def forward(self, x: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor: ...
+
+    def observe(self, classes: list[int], task_id: int) -> None: ...
+
+
+def check_model(model) -> None:
+    """Raise ``TypeError`` unless ``model`` satisfies :class:`ContinualModelProtocol`."""
+    if not isinstance(model, ContinualModelProtocol):
+        missing = [m for m in ("backbone", "head", "features", "forward", "observe") if not hasattr(model, m)]
+        raise TypeError(f"{type(model).__name__} is not a continual model: it lacks {', '.join(missing)} "
+                        "(see lifelong.models.ContinualModelProtocol)")
+    for part in ("backbone", "head"):
+        if not isinstance(getattr(model, part), nn.Module):
+            raise TypeError(f"{type(model).__name__}.{part} must be a torch.nn.Module, "
+                            f"got {type(getattr(model, part)).__name__}")
+
+
 class Lite0Head(nn.Module):
     """The last layer of ImageNet-pretrained EfficientNet-Lite0 as a trainable backbone: its 1x1
     head convolution (320 -> 1280) with the following batch norm folded in, ReLU6, then the
@@ -182,15 +230,68 @@ HEADS = {"single": Head, "incremental": IncrementalHead, "multi": MultiHead}
 DEFAULT_HEAD = {"class": "incremental", "task": "multi", "domain": "single"}
 
 
+def backbone_class(name: str) -> type[nn.Module]:
+    """A built-in name (``BACKBONES``), an installed entry point's name (group
+    ``lifelong.models``) or ``"package.module:Class"`` (its module allowed, see
+    :mod:`lifelong.registry`) -> the backbone class, checked to be an ``nn.Module`` subclass."""
+    if name in BACKBONES:
+        return BACKBONES[name]
+    cls = registry.resolve(name, "model", key="model.name") if name else None
+    if cls is None:
+        raise ConfigError(f"unknown model '{name}'; allowed: {', '.join(BACKBONES)}, "
+                          f"{registry.reference_help('model')}")
+    return cls
+
+
+def _user_backbone(name: str, cls: type[nn.Module], input_shape: tuple[int, ...], kwargs: dict) -> nn.Module:
+    """``cls(input_shape, **kwargs)``, checked: it sets ``out_features`` and maps a batch of
+    inputs to (B, out_features)."""
+    import inspect
+
+    try:
+        inspect.signature(cls).bind(input_shape, **kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"model.name: {name} is built as {cls.__name__}(input_shape, **{kwargs}) "
+                          f"(input_shape: one sample's shape, here {input_shape}), but its signature "
+                          f"{inspect.signature(cls)} does not take that: {exc}") from None
+    backbone = cls(input_shape, **kwargs)
+    d = getattr(backbone, "out_features", None)
+    if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+        raise ConfigError(f"model.name: {name} must set self.out_features (the width of its output features, an "
+                          f"int >= 1) in __init__; the head is built on it. Got {d!r}")
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            out = backbone(torch.zeros((2, *input_shape)))
+    except Exception as exc:
+        raise ConfigError(f"model.name: {name} fails on a batch of inputs shaped {(2, *input_shape)}: "
+                          f"{type(exc).__name__}: {exc}") from None
+    finally:
+        backbone.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, d):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"model.name: {name} must map inputs (B, *{input_shape}) to features (B, out_features) "
+                          f"= (2, {d}); got {got}")
+    return backbone
+
+
 def build_model(name: str, input_shape, n_classes: int, scenario: str, head: str | None = None,
                 **kwargs) -> ContinualModel:
-    if name not in BACKBONES:
-        raise ConfigError(f"unknown model '{name}'; allowed: {', '.join(BACKBONES)}")
+    """Backbone ``name`` (built-in, entry point or ``"package.module:Class"``) + the scenario's
+    head; the result satisfies :class:`ContinualModelProtocol`. A user backbone is built as
+    ``Class(input_shape, **kwargs)`` and must set ``out_features``."""
+    cls = backbone_class(name)
     if name == "cnn" and len(tuple(input_shape)) != 3:
         raise ConfigError(f"model 'cnn' needs image inputs (C, H, W); this stream's inputs have shape "
                           f"{tuple(input_shape)} (features?): use model 'mlp' (hidden: [] for a linear model)")
     head = head or DEFAULT_HEAD[scenario]
     if head not in HEADS:
         raise ConfigError(f"unknown head '{head}'; allowed: {', '.join(HEADS)}")
-    backbone = BACKBONES[name](tuple(input_shape), **kwargs)
-    return ContinualModel(backbone, HEADS[head](backbone.out_features, n_classes))
+    if name in BACKBONES:
+        backbone = cls(tuple(input_shape), **kwargs)
+    else:
+        backbone = _user_backbone(name, cls, tuple(input_shape), kwargs)
+    model = ContinualModel(backbone, HEADS[head](backbone.out_features, n_classes))
+    check_model(model)
+    return model

@@ -15,11 +15,11 @@ features before the stream is split, so every strategy and model runs on feature
 """
 from .cache import CACHE_ENV, FeatureCache, FeatureCacheWarning, default_cache_dir
 from .extractors import (EXTRACTORS, EfficientNetLite0, FeatureExtractor, LocalModule, MiniLM,
-                         MissingDependencyError, build_extractor, file_sha256, import_object)
+                         MissingDependencyError, build_extractor, file_sha256)
 from .features import (dataset_fingerprint, extractor_from_config, feature_key, featurize, featurize_from_config,
                        tensor_fingerprint)
 
 __all__ = ["CACHE_ENV", "EXTRACTORS", "EfficientNetLite0", "FeatureCache", "FeatureCacheWarning", "FeatureExtractor",
            "LocalModule", "MiniLM", "MissingDependencyError", "build_extractor", "dataset_fingerprint",
            "default_cache_dir", "extractor_from_config", "feature_key", "featurize", "featurize_from_config",
-           "file_sha256", "import_object", "tensor_fingerprint"]
+           "file_sha256", "tensor_fingerprint"]

@@ -22,9 +22,10 @@ weights or the code changed); a file with a wrong magic, an unreadable header, a
 (truncated) or a payload whose sha256 does not match is *corrupt*. Either way a
 :class:`FeatureCacheWarning` names the file and the reason, and the features are recomputed and
 the file replaced; a bad file is never used. Files are written to a temporary name in the cache
-folder and renamed over the final name (atomic on POSIX), so readers never see a half-written
-file and concurrent writers do not interfere. The cache writes only inside its own folder, only
-files named ``*.lfeat`` (and their temporary siblings), and never deletes anything else.
+folder, flushed to disk and renamed over the final name (:func:`lifelong.io.atomic_open`), so
+readers never see a half-written file and concurrent writers do not interfere. The cache writes
+only inside its own folder, only files named ``*.lfeat`` (and their temporary siblings), and never
+deletes anything else.
 
 Features are stored as float32: the cached tensors are exactly those a run without the cache
 would compute, so runs that read the cache give the same numbers as the run that wrote it
@@ -39,7 +40,6 @@ import re
 import struct
 import sys
 import time
-import uuid
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from ..errors import LifelongError
+from ..io import atomic_open
 
 CACHE_ENV = "LIFELONG_CACHE_DIR"
 MAGIC = b"LLFEAT01"
@@ -162,18 +163,10 @@ class FeatureCache:
                              "payload_bytes": xa.nbytes + ya.nbytes, "payload_sha256": h.hexdigest()},
                             sort_keys=True).encode("utf-8")
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            with open(tmp, "xb") as f:  # "x": never write into a file that exists
-                f.write(MAGIC + struct.pack("<Q", len(header)) + header)
-                f.write(memoryview(xa).cast("B"))
-                f.write(memoryview(ya).cast("B"))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        with atomic_open(path) as f:  # written in pieces: the payload is not copied into one buffer
+            f.write(MAGIC + struct.pack("<Q", len(header)) + header)
+            f.write(memoryview(xa).cast("B"))
+            f.write(memoryview(ya).cast("B"))
 
     # --- the one entry point ------------------------------------------------------------------
     def get(self, key: dict, compute: Callable[[], tuple[torch.Tensor, torch.Tensor]]) \

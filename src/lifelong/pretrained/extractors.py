@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, LifelongError
+from ..registry import resolve
 
 
 class MissingDependencyError(LifelongError, ImportError):
@@ -387,24 +388,6 @@ class MiniLM(FeatureExtractor):
 # A user's module from a local weights file
 # ----------------------------------------------------------------------------------------------
 
-def import_object(spec: str):
-    """``"package.module:Name"`` -> the object; one clear ConfigError for each way it can fail."""
-    if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
-        raise ConfigError(f"features.module must look like 'package.module:ClassName', got {spec!r}")
-    mod_name, attr = spec.split(":")
-    try:
-        mod = importlib.import_module(mod_name)
-    except ImportError as exc:
-        raise ConfigError(f"features.module: cannot import '{mod_name}' ({exc}); is it installed or on "
-                          "PYTHONPATH?") from None
-    obj = mod
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ConfigError(f"features.module: '{mod_name}' has no attribute '{attr}'")
-        obj = getattr(obj, part)
-    return obj
-
-
 def _source_sha256(obj) -> str | None:
     try:
         path = inspect.getsourcefile(obj)
@@ -438,9 +421,11 @@ def load_state_dict_file(path: str | Path) -> dict:
 class LocalModule(FeatureExtractor):
     """Any ``torch.nn.Module`` of yours with weights from a local file.
 
-    ``module``: ``"package.module:ClassName"`` (or a function that returns a module), built as
-    ``ClassName(**kwargs)``; ``weights``: a file written by ``torch.save(model.state_dict(), path)``,
-    loaded with ``torch.load(weights_only=True)`` and ``load_state_dict(strict=True)``.
+    ``module``: ``"package.module:ClassName"``, a ``torch.nn.Module`` subclass built as
+    ``ClassName(**kwargs)``; its module is imported only if it is on the allow-list and the class
+    is checked before it is called (:func:`lifelong.registry.resolve`). ``weights``: a file written
+    by ``torch.save(model.state_dict(), path)``, loaded with ``torch.load(weights_only=True)`` and
+    ``load_state_dict(strict=True)``.
 
     Preprocessing: uint8 images become float32 in [0, 1] (as the streams give them to trainable
     models); with ``image_size`` they are bilinearly resized to ``image_size`` x ``image_size``.
@@ -457,16 +442,12 @@ class LocalModule(FeatureExtractor):
         self.module_spec, self.kwargs = module, dict(kwargs or {})
         self.image_size = None if image_size is None else _check_image_size(image_size, "local")
         self.weights_path = Path(weights)
-        factory = import_object(module)
-        if not callable(factory):
-            raise ConfigError(f"features.module: {module} is not a class or function")
+        factory = resolve(module, "extractor", key="features.module")  # an nn.Module class, not yet called
         state = load_state_dict_file(self.weights_path)
         try:
             net = factory(**self.kwargs)
         except TypeError as exc:
             raise ConfigError(f"features.kwargs: {module}(**{self.kwargs}) failed: {exc}") from None
-        if not isinstance(net, nn.Module):
-            raise ConfigError(f"features.module: {module}(...) returned {type(net).__name__}, not a torch.nn.Module")
         try:
             net.load_state_dict(state, strict=True)
         except RuntimeError as exc:

@@ -1,10 +1,12 @@
 """Strategies: one file per method. Every ``Strategy`` subclass with a ``name`` in a module of
-this package is registered automatically."""
+this package is registered automatically. Your own: ``"package.module:Class"`` or an installed
+entry point (group ``lifelong.strategies``), through :mod:`lifelong.registry`."""
 from __future__ import annotations
 
 import importlib
 import pkgutil
 
+from .. import registry
 from ..errors import ConfigError
 from .base import Batch, Compose, Strategy
 
@@ -27,10 +29,16 @@ STRATEGIES = _discover()
 
 
 def get_strategy_class(name: str) -> type[Strategy]:
-    if name not in STRATEGIES:
-        raise ConfigError(f"unknown strategy '{name}'; allowed: {', '.join(STRATEGIES)} "
-                          "(combine with '+', e.g. 'er+ewc')")
-    return STRATEGIES[name]
+    """A built-in name (``"er"``), an installed entry point's name, or ``"package.module:Class"``
+    (its module on the allow-list) -> the ``Strategy`` subclass. One member: split ``"a+b"`` first."""
+    name = name.strip()
+    if name in STRATEGIES:
+        return STRATEGIES[name]
+    cls = registry.resolve(name, "strategy", key="strategy.name") if name else None
+    if cls is None:
+        raise ConfigError(f"unknown strategy '{name}'; allowed: {', '.join(STRATEGIES)}, "
+                          f"{registry.reference_help('strategy')} (combine with '+', e.g. 'er+ewc')")
+    return cls
 
 
 __all__ = ["Batch", "Compose", "STRATEGIES", "Strategy", "get_strategy_class"]

@@ -30,6 +30,7 @@ exceeds R in size.
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +38,8 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ._frozen import FrozenFeatureStrategy, check, check_choice
 
-ACTIVATIONS = ("relu", "identity")
+Activation = Literal["relu", "identity"]
+ACTIVATIONS = get_args(Activation)
 
 
 class RecursiveRidge:

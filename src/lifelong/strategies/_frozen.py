@@ -37,6 +37,12 @@ class FrozenFeatureStrategy(Strategy):
 
     prefix: str = ""
 
+    @property
+    def gradient_free(self) -> bool:
+        """Closed form: at most the optional base phase trains by gradient (a composed member's
+        training hooks would run there only), so composition with training hooks is refused."""
+        return True
+
     def setup(self, model, device="cpu", seed=0):
         super().setup(model, device, seed)
         self.validate()

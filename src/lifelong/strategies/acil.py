@@ -30,8 +30,12 @@ error; G-ACIL (``gacil``) is the same recursion without that assumption.
 """
 from __future__ import annotations
 
+from typing import Annotated
+
+from pydantic import Field
+
 from ..errors import ConfigError
-from ._analytic import AnalyticStrategy
+from ._analytic import Activation, AnalyticStrategy
 
 
 class ACIL(AnalyticStrategy):
@@ -41,7 +45,8 @@ class ACIL(AnalyticStrategy):
     scenarios = ("class", "task")
     prefix = "acil"
 
-    def __init__(self, acil_buffer_size: int = 8192, acil_gamma: float = 0.1, acil_activation: str = "relu",
+    def __init__(self, acil_buffer_size: Annotated[int, Field(ge=1)] = 8192,
+                 acil_gamma: Annotated[float, Field(gt=0)] = 0.1, acil_activation: Activation = "relu",
                  acil_base_training: bool = True):
         super().__init__()
         self.acil_buffer_size = acil_buffer_size

@@ -15,7 +15,10 @@ selection, as in the paper (``mem_policy="class_balanced"``; the authors' MNIST 
 ``mem_policy="reservoir"`` fills it online instead (Mammoth's A-GEM-R).
 ``mem_size=2000`` is the budget shared with ER and iCaRL (Rebuffi et al. 2017).
 """
+from typing import Annotated, Literal, Optional
+
 import torch
+from pydantic import Field
 
 from ._memory import MemoryStrategy
 from .base import Batch
@@ -27,8 +30,10 @@ class AGEM(MemoryStrategy):
     name = "agem"
     paper = "Chaudhry et al. 2019, Efficient Lifelong Learning with A-GEM"
 
-    def __init__(self, mem_size: int = 2000, mem_policy: str = "class_balanced",
-                 mem_per_class: int | None = None, agem_sample_size: int = 256):
+    def __init__(self, mem_size: Annotated[int, Field(ge=1)] = 2000,
+                 mem_policy: Literal["reservoir", "class_balanced"] = "class_balanced",
+                 mem_per_class: Optional[Annotated[int, Field(ge=1)]] = None,
+                 agem_sample_size: Annotated[int, Field(ge=1)] = 256):
         super().__init__()
         self.mem_size = mem_size
         self.mem_policy = mem_policy

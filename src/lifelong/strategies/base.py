@@ -14,11 +14,20 @@ The training loop (``lifelong.training``) calls, in this order::
         strategy.after_step(batch, logits)     # online statistics (SI), reservoir insertion
     strategy.after_experience(exp)             # importance (EWC), buffer update, old-model copy (LwF)
 
-and ``strategy.predict(x)`` for evaluation. A method overrides only what it needs; state it
-learns is stored in attributes ending in ``_`` and saved by ``state_dict``.
+``strategy.predict(x, task)`` for evaluation (``task``: per-sample task ids in task-IL, None
+otherwise), and ``strategy.adapt(x)`` in a test-time-adaptation phase (``lifelong.tta``). A
+method overrides only what it needs; state it learns is stored in attributes ending in ``_``
+and saved by ``extra_state``.
 
-Composition (``Compose``, or ``"er+ewc"`` in a config) runs several strategies' hooks in
-order and sums their penalties, so replay and a regulariser combine without new code.
+Every hook can read ``self.context`` (a :class:`StepContext`, kept current by the loop): the
+optimizer, the current learning rate, the global step, the experience and the position in it.
+A batch carries its samples' indices in the experience's training split (``batch.index``).
+
+Composition (``Compose``, or ``"er+ewc"`` in a config) is a contract: hooks that combine do
+(``augment`` in order, ``penalty`` summed, ``param_groups`` merged, the event hooks called in
+order); a hook with a single owner (``loss``, ``forward``, ``predict``, ``train_data``,
+``adapt``) may be overridden by one member only, and two claimants are refused when the
+composition is built, before any data loads.
 """
 from __future__ import annotations
 
@@ -36,19 +45,52 @@ from ..streams import Experience, Split
 @dataclass
 class Batch:
     """A training minibatch. ``n_new`` counts the leading samples that come from the stream
-    (samples after them were added by ``augment``)."""
+    (samples after them were added by ``augment``). ``index``: each sample's position in the
+    experience's training split (as ``strategy.train_data`` returned it), -1 for added samples;
+    None when the batch was made by hand without indices."""
 
     x: torch.Tensor
     y: torch.Tensor
     t: torch.Tensor
     n_new: int = -1
+    index: torch.Tensor | None = None
 
     def __post_init__(self):
         if self.n_new < 0:
             self.n_new = len(self.y)
 
     def cat(self, x, y, t) -> "Batch":
-        return Batch(torch.cat([self.x, x]), torch.cat([self.y, y]), torch.cat([self.t, t]), self.n_new)
+        index = None if self.index is None else torch.cat(
+            [self.index, torch.full((len(y),), -1, dtype=self.index.dtype, device=self.index.device)])
+        return Batch(torch.cat([self.x, x]), torch.cat([self.y, y]), torch.cat([self.t, t]), self.n_new, index)
+
+
+@dataclass
+class StepContext:
+    """Where training stands, for any hook to read (``strategy.context``); the loop keeps it
+    current. ``step`` counts the updates done so far over the whole stream (a closed-form fit
+    counts as one); ``iteration`` is the 0-based position within the current experience, whose
+    budget is ``n_iterations``. ``lr`` is the learning rate the next ``optimizer.step()`` uses
+    (the first parameter group's, after the schedule); ``lrs`` has one per group."""
+
+    optimizer: torch.optim.Optimizer | None = None
+    step: int = 0
+    experience: Experience | None = None
+    iteration: int = 0
+    n_iterations: int = 0
+    grad_scaler: Any = None  # fp16: the GradScaler (gradients are unscaled before before_step)
+    stream: Any = None  # the stream being trained (a resumed method may take past experiences from it)
+
+    @property
+    def lr(self) -> float | None:
+        return None if self.optimizer is None else float(self.optimizer.param_groups[0]["lr"])
+
+    @property
+    def lrs(self) -> list[float]:
+        return [] if self.optimizer is None else [float(g["lr"]) for g in self.optimizer.param_groups]
+
+
+SINGLE_OWNER_HOOKS = ("loss", "forward", "predict", "train_data", "adapt")
 
 
 class Strategy:
@@ -62,6 +104,21 @@ class Strategy:
         self.model = None
         self.device = torch.device("cpu")
         self.experience_ = None
+        self.context = StepContext()
+
+    # ``context`` is set by the loop (``train``); a strategy used outside it gets an empty one.
+    def set_context(self, context: StepContext) -> None:
+        self.context = context
+
+    #: False for a method whose training batches are not the stream's inputs (FeTrIL trains its
+    #: head on stored features): no other member of a composition can share its batches.
+    feeds_inputs: ClassVar[bool] = True
+
+    @property
+    def gradient_free(self) -> bool:
+        """True when this strategy learns without gradient steps (a closed-form fit on frozen
+        features): then no training hook of a composed member would run."""
+        return False
 
     # -- set-up -------------------------------------------------------------------------
     def setup(self, model: torch.nn.Module, device: torch.device | str = "cpu", seed: int = 0) -> "Strategy":
@@ -119,8 +176,16 @@ class Strategy:
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:
-        """Scores over the label space (argmax = prediction); ``task`` None = task-agnostic."""
+        """Scores over the label space (argmax = prediction). ``task``: the samples' task ids
+        (task-IL evaluation: a method may pick a mask, a sub-network or weights per task);
+        None = task-agnostic."""
         return self.model(x, task)
+
+    def adapt(self, x: torch.Tensor) -> torch.Tensor:
+        """Test-time adaptation on an unlabelled batch: return the scores predicted for ``x``
+        BEFORE adapting on it (those are what the protocol scores), then adapt. Default: no
+        adaptation (the source model)."""
+        return self.predict(x, None)
 
     # -- state ----------------------------------------------------------------------------
     def extra_state(self) -> dict:
@@ -136,17 +201,53 @@ class Strategy:
 
 
 class Compose(Strategy):
-    """Run several strategies together: hooks in order, penalties summed.
+    """Run several strategies together (``"er+ewc"``), with no silent winner:
 
-    The first member that overrides ``forward``, ``loss``, ``predict`` or ``train_data`` decides it.
+    - ``augment`` runs in order; ``penalty`` is summed; ``before_experience``, ``before_step``,
+      ``after_step`` and ``after_experience`` run in order; ``param_groups`` are merged;
+    - ``loss``, ``forward``, ``predict``, ``train_data`` and ``adapt`` have one owner: the member
+      that overrides it (else the base behaviour); two members overriding the same one are
+      refused with a :class:`ConfigError`, as is composing a gradient-free (closed-form) member
+      with members that act during gradient training.
     """
 
     def __init__(self, *members: Strategy):
         super().__init__()
+        from ..errors import ConfigError
+
         self.members = list(members)
         self.name = "+".join(m.name for m in members)
         sets = [set(m.scenarios) for m in members]
         self.scenarios = tuple(sorted(set.intersection(*sets)))
+        self._owner = {}
+        for hook in SINGLE_OWNER_HOOKS:
+            claim = [m for m in self.members if _overrides(m, hook)]
+            if len(claim) > 1:
+                raise ConfigError(
+                    f"strategy '{self.name}': both '{claim[0].name}' and '{claim[1].name}' define {hook}(), "
+                    f"which one strategy only may own in a composition; run them separately")
+            self._owner[hook] = claim[0] if claim else None
+        if not self.scenarios:
+            raise ConfigError(f"strategy '{self.name}': its members support no scenario in common "
+                              f"({'; '.join(f'{m.name}: {list(m.scenarios)}' for m in self.members)})")
+        self.check_composable()
+
+    def check_composable(self) -> None:
+        """A member that takes no gradient steps, or trains on something other than the stream's
+        inputs (stored features), leaves the other members' training hooks unused or fed the
+        wrong data: refused."""
+        from ..errors import ConfigError
+
+        odd = [m for m in self.members if m.gradient_free or not m.feeds_inputs]
+        for m in odd:
+            active = [o for o in self.members if o is not m and any(
+                _overrides(o, h) for h in ("loss", "penalty", "augment", "before_step", "after_step", "forward"))]
+            if active:
+                a = active[0].name
+                why = (f"fits in closed form without gradient steps, so the training hooks of '{a}' would never run"
+                       if m.gradient_free else f"trains on stored features, not on the stream's inputs, so it cannot "
+                       f"share its training batches with '{a}'")
+                raise ConfigError(f"strategy '{self.name}': '{m.name}' {why}; run them separately")
 
     def get_params(self):
         out = {}
@@ -154,11 +255,12 @@ class Compose(Strategy):
             out.update(m.get_params())
         return out
 
-    def _first(self, hook: str) -> Strategy:
-        for m in self.members:
-            if getattr(type(m), hook) is not getattr(Strategy, hook):
-                return m
-        return self.members[0]
+    @property
+    def gradient_free(self) -> bool:
+        return all(m.gradient_free for m in self.members)
+
+    def _one(self, hook: str) -> Strategy:
+        return self._owner[hook] or self.members[0]
 
     def setup(self, model, device="cpu", seed=0):
         super().setup(model, device, seed)
@@ -166,16 +268,46 @@ class Compose(Strategy):
             m.setup(model, device, seed)
         return self
 
+    def set_context(self, context):
+        super().set_context(context)
+        for m in self.members:
+            m.set_context(context)
+
     def before_experience(self, exp):
         super().before_experience(exp)
         for m in self.members:
             m.before_experience(exp)
 
     def train_data(self, exp):
-        return self._first("train_data").train_data(exp)
+        return self._one("train_data").train_data(exp)
 
     def param_groups(self):
-        return self._first("param_groups").param_groups()
+        """The groups of every member that overrides ``param_groups`` (a parameter claimed with
+        different settings by two members is refused), then the model's remaining parameters
+        at the configured rate."""
+        from ..errors import ConfigError
+
+        groups, seen = [], {}
+        for m in self.members:
+            if not _overrides(m, "param_groups"):
+                continue
+            for g in m.param_groups():
+                settings = {k: v for k, v in g.items() if k != "params"}
+                params = []
+                for p in g["params"]:
+                    if id(p) in seen:
+                        if seen[id(p)] != settings:
+                            raise ConfigError(f"strategy '{self.name}': a parameter is given different optimizer "
+                                              f"settings by two members ({seen[id(p)]} and {settings})")
+                        continue
+                    seen[id(p)] = settings
+                    params.append(p)
+                if params:
+                    groups.append(dict(g, params=params))
+        rest = [p for p in self.model.parameters() if id(p) not in seen]
+        if rest or not groups:
+            groups.insert(0, {"params": rest})
+        return groups
 
     def augment(self, batch):
         for m in self.members:
@@ -183,10 +315,10 @@ class Compose(Strategy):
         return batch
 
     def forward(self, batch):
-        return self._first("forward").forward(batch)
+        return self._one("forward").forward(batch)
 
     def loss(self, logits, batch):
-        return self._first("loss").loss(logits, batch)
+        return self._one("loss").loss(logits, batch)
 
     def penalty(self, logits, batch):
         return sum((m.penalty(logits, batch) for m in self.members), 0.0)
@@ -204,7 +336,10 @@ class Compose(Strategy):
             m.after_experience(exp)
 
     def predict(self, x, task=None):
-        return self._first("predict").predict(x, task)
+        return self._one("predict").predict(x, task)
+
+    def adapt(self, x):
+        return self._one("adapt").adapt(x)
 
     def extra_state(self):
         return {str(i): m.extra_state() for i, m in enumerate(self.members)}
@@ -215,6 +350,10 @@ class Compose(Strategy):
 
     def __repr__(self):
         return " + ".join(repr(m) for m in self.members)
+
+
+def _overrides(strategy: Strategy, hook: str) -> bool:
+    return getattr(type(strategy), hook) is not getattr(Strategy, hook)
 
 
 def frozen_copy(model: torch.nn.Module, state: dict | None = None) -> torch.nn.Module:

@@ -23,7 +23,10 @@ replayed samples weigh alike). ``er_new_weight=w`` instead takes
 ``w * mean(CE new) + (1 - w) * mean(CE replayed)``, as De Lange, van de Ven & Tuytelaars
 (2023, the stability-gap paper) do with ``Lw_new = 0.3`` on Split MNIST.
 """
+from typing import Annotated, Literal, Optional
+
 import torch.nn.functional as F
+from pydantic import Field
 
 from ._memory import MemoryStrategy
 
@@ -32,8 +35,11 @@ class ER(MemoryStrategy):
     name = "er"
     paper = "Chaudhry et al. 2019, On Tiny Episodic Memories in Continual Learning"
 
-    def __init__(self, mem_size: int = 2000, mem_policy: str = "reservoir", mem_per_class: int | None = None,
-                 replay_batch_size: int | None = None, er_new_weight: float | None = None):
+    def __init__(self, mem_size: Annotated[int, Field(ge=1)] = 2000,
+                 mem_policy: Literal["reservoir", "class_balanced"] = "reservoir",
+                 mem_per_class: Optional[Annotated[int, Field(ge=1)]] = None,
+                 replay_batch_size: Optional[Annotated[int, Field(ge=1)]] = None,
+                 er_new_weight: Optional[Annotated[float, Field(ge=0, le=1)]] = None):
         super().__init__()
         self.mem_size = mem_size
         self.mem_policy = mem_policy

@@ -26,15 +26,18 @@ was stored (new task heads) are not penalised by it.
 from __future__ import annotations
 
 import contextlib
+from typing import Annotated, Literal, Optional, get_args
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from ..errors import DivergenceError
 from .base import Strategy
 
-LABELS = ("all", "sample", "predicted", "true")
+FisherLabels = Literal["all", "sample", "predicted", "true"]
+LABELS = get_args(FisherLabels)
 CHUNK = 32  # samples per batched per-sample-gradient pass (general models)
 FAST_CHUNK = 1024  # samples per pass when every parameter is in an nn.Linear
 
@@ -44,8 +47,10 @@ class EWC(Strategy):
     paper = "Kirkpatrick et al. 2017 (PNAS); online: Schwarz et al. 2018 (ICML)"
     scenarios = ("class", "task", "domain")
 
-    def __init__(self, ewc_lambda: float = 1e5, ewc_fisher_samples: int | None = None,
-                 ewc_fisher_labels: str = "all", ewc_online: bool = False, ewc_gamma: float = 1.0):
+    def __init__(self, ewc_lambda: Annotated[float, Field(ge=0)] = 1e5,
+                 ewc_fisher_samples: Optional[Annotated[int, Field(ge=1)]] = None,
+                 ewc_fisher_labels: FisherLabels = "all", ewc_online: bool = False,
+                 ewc_gamma: Annotated[float, Field(ge=0, le=1)] = 1.0):
         super().__init__()
         self.ewc_lambda = ewc_lambda
         self.ewc_fisher_samples = ewc_fisher_samples

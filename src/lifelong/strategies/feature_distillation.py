@@ -16,7 +16,10 @@ it per benchmark, so treat it as a starting point.
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
+from pydantic import Field
 
 from .base import Strategy, frozen_copy
 
@@ -26,7 +29,7 @@ class FeatureDistillation(Strategy):
     paper = "Smith et al. 2023 (CVPR-W), feature distillation baseline"
     scenarios = ("class", "task", "domain")
 
-    def __init__(self, fd_lambda: float = 5.0):
+    def __init__(self, fd_lambda: Annotated[float, Field(ge=0)] = 5.0):
         super().__init__()
         self.fd_lambda = fd_lambda
 

@@ -39,8 +39,10 @@ experience, so nothing would be translated and the classifier would only see the
 from __future__ import annotations
 
 import math
+from typing import Annotated, Literal
 
 import numpy as np
+from pydantic import Field
 import torch
 import torch.nn.functional as F
 
@@ -55,8 +57,14 @@ class FeTrIL(FrozenFeatureStrategy):
     paper = "Petit et al. 2023 (WACV), FeTrIL: Feature Translation for Exemplar-Free Class-Incremental Learning"
     scenarios = ("class", "task")
     prefix = "fetril"
+    feeds_inputs = False  # its head trains on stored (and translated) features
 
-    def __init__(self, fetril_classifier: str = "svm", fetril_svm_c: float = 1.0, fetril_base_training: bool = True):
+    @property
+    def gradient_free(self) -> bool:
+        return self.fetril_classifier == "svm"
+
+    def __init__(self, fetril_classifier: Literal["svm", "linear"] = "svm",
+                 fetril_svm_c: Annotated[float, Field(gt=0)] = 1.0, fetril_base_training: bool = True):
         super().__init__()
         self.fetril_classifier = fetril_classifier
         self.fetril_svm_c = fetril_svm_c

@@ -28,7 +28,11 @@ solution on all data seen jointly, whatever the class overlap between experience
 """
 from __future__ import annotations
 
-from ._analytic import AnalyticStrategy
+from typing import Annotated
+
+from pydantic import Field
+
+from ._analytic import Activation, AnalyticStrategy
 
 
 class GACIL(AnalyticStrategy):
@@ -37,7 +41,8 @@ class GACIL(AnalyticStrategy):
     scenarios = ("class", "task", "domain")
     prefix = "gacil"
 
-    def __init__(self, gacil_buffer_size: int = 5000, gacil_gamma: float = 100.0, gacil_activation: str = "relu",
+    def __init__(self, gacil_buffer_size: Annotated[int, Field(ge=1)] = 5000,
+                 gacil_gamma: Annotated[float, Field(gt=0)] = 100.0, gacil_activation: Activation = "relu",
                  gacil_base_training: bool = True):
         super().__init__()
         self.gacil_buffer_size = gacil_buffer_size

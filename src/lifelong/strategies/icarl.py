@@ -17,8 +17,11 @@ Representation Learning" (CVPR 2017).
   recomputed with the current model after each experience; scores are minus the distance,
   ``-inf`` for classes without exemplars.
 """
+from typing import Annotated, Optional
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from ..streams import Split
 from .base import Strategy, frozen_copy
@@ -46,7 +49,8 @@ class ICaRL(Strategy):
     paper = "Rebuffi et al. 2017, iCaRL: Incremental Classifier and Representation Learning"
     scenarios = ("class",)
 
-    def __init__(self, mem_size: int = 2000, mem_per_class: int | None = None):
+    def __init__(self, mem_size: Annotated[int, Field(ge=1)] = 2000,
+                 mem_per_class: Optional[Annotated[int, Field(ge=1)]] = None):
         super().__init__()
         self.mem_size = mem_size
         self.mem_per_class = mem_per_class

@@ -21,3 +21,11 @@ class Joint(Strategy):
         if not any(e.index == exp.index for e in self.seen_):
             self.seen_.append(exp)
         return Split.cat([e.train for e in self.seen_], [e.task_id for e in self.seen_])
+
+    def extra_state(self):
+        """Which experiences were seen (a resumed run takes their data from the stream again)."""
+        return {"seen": [e.index for e in self.seen_]}
+
+    def load_extra_state(self, state):
+        stream = self.context.stream
+        self.seen_ = [stream[i] for i in state.get("seen", [])] if stream is not None else []

@@ -31,11 +31,15 @@ forgetting without stopping the learning of new tasks.
 """
 from __future__ import annotations
 
+from typing import Annotated, Literal, get_args
+
 import torch
+from pydantic import Field
 
 from .base import Strategy
 
-ANCHORS = ("previous", "initial", "pretrained")
+Anchor = Literal["previous", "initial", "pretrained"]
+ANCHORS = get_args(Anchor)
 
 
 class L2(Strategy):
@@ -43,7 +47,7 @@ class L2(Strategy):
     paper = "L2 baseline of Kirkpatrick et al. 2017 (PNAS), uniform importance"
     scenarios = ("class", "task", "domain")
 
-    def __init__(self, l2_lambda: float = 0.01, l2_anchor: str = "previous"):
+    def __init__(self, l2_lambda: Annotated[float, Field(ge=0)] = 0.01, l2_anchor: Anchor = "previous"):
         super().__init__()
         self.l2_lambda = l2_lambda
         self.l2_anchor = l2_anchor

@@ -29,8 +29,11 @@ The distillation is applied to every sample in the batch (replayed ones too, if 
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from ..models import Head
 from .base import Strategy, frozen_copy
@@ -48,7 +51,8 @@ class LwF(Strategy):
     paper = "Li & Hoiem 2017 (TPAMI)"
     scenarios = ("class", "task", "domain")
 
-    def __init__(self, lwf_temperature: float = 2.0, lwf_alpha: float = 1.0):
+    def __init__(self, lwf_temperature: Annotated[float, Field(gt=0)] = 2.0,
+                 lwf_alpha: Annotated[float, Field(ge=0)] = 1.0):
         super().__init__()
         self.lwf_temperature = lwf_temperature
         self.lwf_alpha = lwf_alpha

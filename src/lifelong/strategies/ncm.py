@@ -25,6 +25,8 @@ Models: Generalizability and Adaptivity are All You Need", arXiv:2303.07338).
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 
@@ -37,7 +39,8 @@ class NCM(FrozenFeatureStrategy):
     scenarios = ("class", "task", "domain")
     prefix = "ncm"
 
-    def __init__(self, ncm_distance: str = "euclidean", ncm_normalize: bool = True, ncm_base_training: bool = False):
+    def __init__(self, ncm_distance: Literal["euclidean", "cosine"] = "euclidean", ncm_normalize: bool = True,
+                 ncm_base_training: bool = False):
         super().__init__()
         self.ncm_distance = ncm_distance
         self.ncm_normalize = ncm_normalize

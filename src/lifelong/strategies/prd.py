@@ -52,10 +52,11 @@ values are ours.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from .base import Batch, Strategy, frozen_copy
@@ -91,10 +92,14 @@ class PRD(Strategy):
     paper = "Asadi et al. 2023 (ICML), Prototype-Sample Relation Distillation: Towards Replay-Free Continual Learning"
     scenarios = ("class", "task")
 
-    def __init__(self, prd_supcon_temperature: float = 0.1, prd_proto_weight: float = 2.0,
-                 prd_distill_weight: float = 4.0, prd_distill_temperature: float = 1.0,
-                 prd_distill_over: Literal["samples", "prototypes"] = "samples", prd_proj_hidden: int = 512,
-                 prd_proj_dim: int = 128, prd_aug_drop: float = 0.2, prd_aug_noise: float = 0.1):
+    def __init__(self, prd_supcon_temperature: Annotated[float, Field(gt=0)] = 0.1,
+                 prd_proto_weight: Annotated[float, Field(ge=0)] = 2.0,
+                 prd_distill_weight: Annotated[float, Field(ge=0)] = 4.0,
+                 prd_distill_temperature: Annotated[float, Field(gt=0)] = 1.0,
+                 prd_distill_over: Literal["samples", "prototypes"] = "samples",
+                 prd_proj_hidden: Annotated[int, Field(ge=1)] = 512, prd_proj_dim: Annotated[int, Field(ge=1)] = 128,
+                 prd_aug_drop: Annotated[float, Field(ge=0, lt=1)] = 0.2,
+                 prd_aug_noise: Annotated[float, Field(ge=0)] = 0.1):
         super().__init__()
         self.prd_supcon_temperature = prd_supcon_temperature
         self.prd_proto_weight = prd_proto_weight

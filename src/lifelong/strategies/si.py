@@ -22,7 +22,10 @@ MNIST 10; CIFAR-100 task-IL 100, domain-IL 500, class-IL 5.
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
+from pydantic import Field
 
 from .base import Strategy
 
@@ -32,7 +35,7 @@ class SI(Strategy):
     paper = "Zenke, Poole & Ganguli 2017 (ICML)"
     scenarios = ("class", "task", "domain")
 
-    def __init__(self, si_c: float = 10.0, si_epsilon: float = 0.1):
+    def __init__(self, si_c: Annotated[float, Field(ge=0)] = 10.0, si_epsilon: Annotated[float, Field(gt=0)] = 0.1):
         super().__init__()
         self.si_c = si_c
         self.si_epsilon = si_epsilon

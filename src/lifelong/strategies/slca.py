@@ -41,9 +41,11 @@ cross-task calibration that alignment fixes does not arise.
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from .base import Batch, Strategy
 
@@ -55,8 +57,10 @@ class SLCA(Strategy):
     paper = "Zhang et al. 2023 (ICCV), SLCA: Slow Learner with Classifier Alignment"
     scenarios = ("class", "domain")
 
-    def __init__(self, slca_backbone_lr_scale: float = 0.01, slca_ca_epochs: int = 5,
-                 slca_ca_samples: int = 256, slca_ca_lr: float = 0.01, slca_logit_temperature: float = 0.1):
+    def __init__(self, slca_backbone_lr_scale: Annotated[float, Field(ge=0)] = 0.01,
+                 slca_ca_epochs: Annotated[int, Field(ge=0)] = 5, slca_ca_samples: Annotated[int, Field(ge=2)] = 256,
+                 slca_ca_lr: Annotated[float, Field(gt=0)] = 0.01,
+                 slca_logit_temperature: Annotated[float, Field(ge=0)] = 0.1):  # 0: no logit normalisation
         super().__init__()
         self.slca_backbone_lr_scale = slca_backbone_lr_scale
         self.slca_ca_epochs = slca_ca_epochs

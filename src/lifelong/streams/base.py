@@ -47,10 +47,11 @@ class Experience:
     valid: Split
     test: Split
     name: str = ""
+    iterations: int | None = None  # this experience's own iteration budget (None: the run's)
 
     def to(self, device) -> "Experience":
         return Experience(self.index, self.task_id, self.classes, self.train.to(device),
-                          self.valid.to(device), self.test.to(device), self.name)
+                          self.valid.to(device), self.test.to(device), self.name, self.iterations)
 
 
 @dataclass

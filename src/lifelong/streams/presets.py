@@ -8,6 +8,10 @@ incremental). ``lifelong list`` prints this table.
 replaces the datasets by cached features of a frozen pretrained extractor *before* the stream
 is split (``lifelong.pretrained``). ``blurry`` (split presets) makes the split a generalized
 class-incremental one (:func:`~lifelong.streams.builders.blurry_stream`).
+
+A benchmark of your own: ``name: "package.module:function"`` (its module allowed) or an
+installed entry point, a function marked with :func:`lifelong.registry.benchmark`
+(:func:`user_preset`).
 """
 from __future__ import annotations
 
@@ -16,13 +20,17 @@ from typing import Callable
 
 import torch
 
+from .. import registry
 from ..data import DATASETS, load_dataset
 from ..errors import ConfigError
 from .base import Stream
 from .builders import (_class_groups, blurry_stream, data_incremental_stream, permuted_stream, rotated_stream,
                        sequence_stream, split_stream)
 
-COMMON_KEYS = {"name", "scenario", "val_fraction", "data_dir"}
+COMMON_KEYS = {"name", "scenario", "val_fraction"}
+#: datasets that ship with an installed package: ``data_dir`` does not apply to them (it is an
+#: error, not ignored); every other dataset is read from a folder (``data_dir``) the user gives
+SHIPPED = {"mnist", "animal_mnist", "digits"}
 
 
 @dataclass
@@ -72,7 +80,8 @@ def _split(dataset: str) -> Preset:
     return Preset(f"{dataset} classes split into experiences (default 5 x 2 for 10 classes); "
                   "blurry: generalized class-IL", "class",
                   COMMON_KEYS | {"n_experiences", "classes_per_experience", "first_experience_classes", "class_order",
-                                 "features", "blurry", "blurry_disjoint"},
+                                 "features", "blurry", "blurry_disjoint"}
+                  | ({"data_dir"} if dataset not in SHIPPED else set()),
                   build)
 
 
@@ -129,16 +138,58 @@ def presets() -> dict[str, Preset]:
     return out
 
 
+def user_preset(name: str) -> Preset | None:
+    """A benchmark of yours: ``"package.module:function"`` (its module allowed) or an installed
+    entry point (group ``lifelong.benchmarks``), a function ``(cfg, seed) -> Stream`` marked with
+    :func:`lifelong.registry.benchmark`; None if ``name`` is neither. Checked before it is
+    called; its result is checked to be a :class:`Stream` of the scenario asked for."""
+    fn = registry.resolve(name, "benchmark", key="benchmark.name")
+    if fn is None:
+        return None
+    spec = fn.__lifelong_benchmark__
+    from ..config import BenchmarkConfig
+
+    wrong = sorted(spec.keys - set(BenchmarkConfig.model_fields))
+    if wrong:
+        raise ConfigError(f"benchmark '{name}' declares key '{wrong[0]}', which is no benchmark.* config key; "
+                          f"the keys: {', '.join(BenchmarkConfig.model_fields)}")
+
+    def build(cfg, seed):
+        stream = fn(cfg, seed)
+        if not isinstance(stream, Stream):
+            raise ConfigError(f"benchmark '{name}' returned {type(stream).__name__}, not a lifelong.streams.Stream")
+        want = cfg.scenario or spec.scenario
+        if stream.scenario != want:
+            raise ConfigError(f"benchmark '{name}' returned a {stream.scenario}-IL stream, but scenario '{want}' "
+                              "was asked for")
+        return stream
+
+    return Preset(spec.description or f"your benchmark {name}", spec.scenario, COMMON_KEYS | spec.keys, build,
+                  no_features=None if "features" in spec.keys else "it does not declare the key 'features'")
+
+
 def build_benchmark(cfg, seed: int = 0) -> Stream:
     """Build the stream that ``cfg`` (a :class:`~lifelong.config.BenchmarkConfig`) names."""
+    return check_benchmark(cfg).build(cfg, seed)
+
+
+def check_benchmark(cfg) -> Preset:
+    """The preset ``cfg`` names, after checking its keys apply to it; loads no data."""
     table = presets()
-    if cfg.name not in table:
-        raise ConfigError(f"unknown benchmark '{cfg.name}'; allowed: {', '.join(table)}")
-    preset = table[cfg.name]
+    preset = table.get(cfg.name) or user_preset(cfg.name)
+    if preset is None:
+        raise ConfigError(f"unknown benchmark '{cfg.name}'; allowed: {', '.join(table)}, "
+                          f"{registry.reference_help('benchmark')}")
     if getattr(cfg, "features", None) is not None and preset.no_features:
         raise ConfigError(f"benchmark.features does not apply to '{cfg.name}': {preset.no_features}")
     extra = sorted(k for k in cfg.model_fields_set if k not in preset.keys and getattr(cfg, k) is not None)
     if extra:
-        raise ConfigError(f"config key 'benchmark.{extra[0]}' does not apply to '{cfg.name}'; "
+        why = " (its data come with an installed package: no folder to give)" if extra[0] == "data_dir" else ""
+        raise ConfigError(f"config key 'benchmark.{extra[0]}' does not apply to '{cfg.name}'{why}; "
                           f"its keys: {', '.join(sorted(preset.keys))}")
-    return preset.build(cfg, seed)
+    return preset
+
+
+def benchmark_scenario(cfg) -> str:
+    """The scenario a benchmark config will run: its ``scenario`` or the preset's default."""
+    return cfg.scenario or check_benchmark(cfg).default_scenario

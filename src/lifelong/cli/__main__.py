@@ -1,0 +1,4 @@
+"""``python -m lifelong.cli``: the ``lifelong`` command."""
+from . import main
+
+main()

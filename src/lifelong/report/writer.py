@@ -1,0 +1,60 @@
+"""The entry point: read every run, draw every figure and render the page before anything is
+written (a bad input leaves no half report), then write ``report.html`` and the PNG files, each
+atomically. An existing non-empty output folder is only written to with ``force=True``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import LifelongError
+from ..io import atomic_write_bytes
+from .data import group_runs, load_runs
+from .figures import _png, fig_compare, fig_curves, fig_forgetting, fig_matrix
+from .page import render_html
+
+REPORT_NAME = "report.html"
+
+
+def default_out(run_dirs: list[Path]) -> Path:
+    if len(run_dirs) != 1:
+        raise LifelongError("several run folders given: say where to write the report with --out DIR")
+    return Path(run_dirs[0]) / "report"
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise LifelongError(f"report folder {out} exists and is not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise LifelongError(f"report folder {out} already exists and is not empty; nothing was overwritten. "
+                            "Use --force to replace its report.html and figures, or choose another --out")
+
+
+def write_report(run_dirs: list[Path], out: Path | None = None, *, force: bool = False) -> Path:
+    """Write ``out/report.html`` and its figures as PNG files; returns the path of report.html.
+
+    ``out`` defaults to ``<run dir>/report`` when a single folder is given. An existing non-empty
+    ``out`` is refused unless ``force`` (then only report.html and this report's PNGs are replaced).
+    """
+    run_dirs = [Path(p) for p in run_dirs]
+    out = Path(out) if out is not None else default_out(run_dirs)
+    _check_out(out, force)
+    runs = load_runs(run_dirs)
+    files: dict[str, bytes] = {}
+
+    def draw(fig, name):
+        data, size = _png(fig)
+        files[name] = data
+        return name, data, size
+
+    for r in runs:
+        r.figures["matrix"] = draw(fig_matrix(r), f"{r.slug}-matrix.png")
+        r.figures["curves"] = draw(fig_curves(r), f"{r.slug}-curves.png")
+        r.figures["forgetting"] = draw(fig_forgetting(r), f"{r.slug}-forgetting.png")
+    groups = group_runs(runs)
+    compare = draw(fig_compare(groups), "comparison-average-accuracy.png") if len(runs) > 1 else None
+    page = render_html(runs, compare, groups)
+    _check_out(out, force)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        atomic_write_bytes(out / name, data)
+    atomic_write_bytes(out / REPORT_NAME, page.encode("utf-8"))
+    return out / REPORT_NAME

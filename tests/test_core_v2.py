@@ -385,3 +385,13 @@ def test_a_diverged_run_leaves_its_folder_free_for_a_corrected_config(tmp_path):
     assert not (tmp_path / "run").exists()
     cfg["train"]["lr"] = 0.01
     assert run_to_folder(cfg, tmp_path / "run")["status"] == "complete"
+
+
+def test_cnn_takes_its_fc_width_as_a_one_element_list():
+    cfg = copy.deepcopy(SMALL)
+    cfg["model"] = {"name": "cnn", "hidden": [24], "channels": [4, 8]}
+    cfg["train"]["iterations"] = 2
+    assert "average_accuracy" in run(cfg)
+    cfg["model"]["hidden"] = [24, 12]
+    with pytest.raises(ConfigError, match="model.hidden takes one width"):
+        run(cfg)

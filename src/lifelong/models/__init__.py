@@ -44,10 +44,15 @@ class SmallCNN(nn.Module):
     """Two conv blocks (32, 64 channels, 3x3, max-pool) and one hidden linear layer, for 28x28 inputs.
     ``norm="batch"`` puts batch norm before each ReLU (test-time adaptation: Tent, CoTTA)."""
 
-    def __init__(self, input_shape: tuple[int, ...], channels: list[int] = (32, 64), hidden: int = 256,
+    def __init__(self, input_shape: tuple[int, ...], channels: list[int] = (32, 64), hidden: int | list[int] = 256,
                  norm: str | None = None):
         super().__init__()
         _check_norm(norm)
+        if not isinstance(hidden, int):  # a config's ``model.hidden`` is a list of fc widths: this network has one
+            if len(hidden) != 1:
+                raise ConfigError(f"model 'cnn' has one hidden fully connected layer: model.hidden takes one width, "
+                                  f"e.g. [256]; got {list(hidden)}")
+            hidden = int(hidden[0])
         c, h, w = input_shape
         layers = []
         for ch in channels:

@@ -131,6 +131,8 @@ def discard_on_user_error(out_dir: Path, created: bool):
 
     try:
         yield
+    except RunFolderError:  # the folder could not be written: the checkpoint is what is left, keep it
+        raise
     except (ConfigError, DivergenceError):
         shutil.rmtree(out_dir / PARTIAL, ignore_errors=True)
         if created and out_dir.is_dir() and not any(out_dir.iterdir()):

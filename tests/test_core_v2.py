@@ -395,3 +395,83 @@ def test_cnn_takes_its_fc_width_as_a_one_element_list():
     cfg["model"]["hidden"] = [24, 12]
     with pytest.raises(ConfigError, match="model.hidden takes one width"):
         run(cfg)
+
+
+# ---------------------------------------------------------------------------- online and task-free
+class BoundarySpy(Strategy):
+    """Counts boundary calls and what the context shows; works without boundaries."""
+
+    name = "boundaryspy"
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def after_step(self, batch, logits):
+        self.calls.append(("step", self.context.experience))
+
+
+def test_task_free_hides_every_boundary_from_the_strategy_but_the_matrix_is_recorded():
+    spy = BoundarySpy()
+    spy.before_experience = lambda exp: spy.calls.append(("before", exp))  # instance-level: caught if called
+    spy.after_experience = lambda exp: spy.calls.append(("after", exp))
+    res, stream = _fit(spy, iterations=None, epochs=1, task_free=True)
+    assert {c[0] for c in spy.calls} == {"step"} and all(c[1] is None for c in spy.calls)
+    assert len(res.accuracy_matrix) == 5 and len(res.boundaries) == 5  # evaluated at the hidden boundaries
+
+
+def test_online_accuracy_is_measured_before_training_on_each_batch():
+    class Stuck(Strategy):  # never learns: the online accuracy is the untrained model's
+        name = "stuck"
+
+        def param_groups(self):
+            return [{"params": [torch.zeros(1, requires_grad=True)]}]
+
+    res, stream = _fit(Stuck(), iterations=None, epochs=1, online_accuracy=True)
+    torch.manual_seed(0)
+    model = build_model("mlp", stream.input_shape, stream.n_classes, "class", hidden=[16])
+    hits = seen = 0
+    for exp in stream:  # the model never changes: its accuracy on each experience's training data
+        model.observe(exp.classes, exp.task_id)
+        with torch.no_grad():
+            hits += int((model(exp.train.x).argmax(1) == exp.train.y).sum())
+        seen += len(exp.train)
+    assert sum(h for h, _ in res.online) == hits and sum(n for _, n in res.online) == seen
+
+
+def test_online_config_and_task_free_refusals():
+    cfg = copy.deepcopy(SMALL)
+    cfg["train"] = {"batch_size": 16}
+    cfg["online"] = {"task_free": True}
+    cfg["strategy"] = {"name": "er", "mem_size": 50}
+    res = run(cfg)
+    assert 0 <= res["online_accuracy"] <= 1 and len(res["online_accuracy_per_experience"]) == 5
+    assert res["config"]["online"]["batch_size"] == 10
+    cfg["strategy"] = {"name": "ewc"}
+    with pytest.raises(ConfigError, match="needs experience boundaries"):
+        run(cfg)
+    cfg["strategy"] = {"name": "er", "mem_policy": "class_balanced"}
+    with pytest.raises(ConfigError, match="needs experience boundaries"):
+        run(cfg)
+    cfg = copy.deepcopy(SMALL)
+    cfg["online"] = {}
+    with pytest.raises(ConfigError, match="one pass.*remove train.iterations"):
+        parse_config(cfg)
+    cfg["train"] = {"epochs": 2}
+    with pytest.raises(ConfigError, match="train.epochs must be 1"):
+        parse_config(cfg)
+    with pytest.raises(ConfigError, match="online.batch_size"):
+        parse_config({**SMALL, "train": {}, "online": {"batch_size": 0}})
+    with pytest.raises(ConfigError, match="applies to class- and domain-incremental"):
+        run({**SMALL, "train": {}, "benchmark": {"name": "split-digits", "scenario": "task"},
+             "online": {"task_free": True}})
+
+
+def test_task_free_online_run_resumes_bit_for_bit():
+    from test_resume import InMemory
+
+    ck = InMemory(7)
+    ref, _ = _fit(ER(mem_size=30), iterations=None, epochs=1, task_free=True, online_accuracy=True, checkpointer=ck)
+    for snap in (ck.snaps[1], ck.snaps[-1]):
+        res, _ = _fit(ER(mem_size=30), iterations=None, epochs=1, task_free=True, online_accuracy=True, resume=snap)
+        assert res.accuracy_matrix == ref.accuracy_matrix and res.online == ref.online and res.losses == ref.losses

@@ -82,6 +82,19 @@ class BenchmarkConfig(BaseModel):
     # moved from its own experience to the others; blurry_disjoint: fraction of classes kept disjoint
     blurry: Optional[float] = Field(None, gt=0.0, lt=1.0)
     blurry_disjoint: Optional[float] = Field(None, ge=0.0, le=1.0)
+    # experience order of split presets (lifelong.streams.orderings); order_scores: one difficulty per class
+    order: Optional[Literal["random", "curriculum", "anti-curriculum"]] = None
+    order_scores: Optional[list[float]] = None  # None: a linear probe's training loss per experience
+    # scole-*: sampling weight per class (None: uniform); training / test samples per class (None: all)
+    class_probs: Optional[list[Annotated[float, Field(ge=0.0)]]] = None
+    train_per_class: Optional[int] = Field(None, ge=1)
+    test_per_class: Optional[int] = Field(None, ge=1)
+    # powerlaw-permuted-mnist: revisit law, its exponent, number of tasks, samples per visit / per task test set
+    revisit: Optional[Literal["power_law", "uniform", "none"]] = None
+    revisit_alpha: Optional[float] = Field(None, gt=0.0)
+    n_tasks: Optional[int] = Field(None, ge=1)
+    train_per_experience: Optional[int] = Field(None, ge=1)
+    test_per_task: Optional[int] = Field(None, ge=1)
 
 
 class ModelConfig(BaseModel):
@@ -190,6 +203,18 @@ class CheckpointConfig(BaseModel):
     every_seconds: Optional[float] = Field(None, gt=0)
 
 
+class OnlineConfig(BaseModel):
+    """Online continual learning: one pass over each experience's data in small batches
+    (``batch_size``, default 10, replacing ``train.batch_size``), each incoming batch first
+    predicted (the online accuracy in results). ``task_free``: no boundary reaches the strategy
+    (only methods that need none may run; class- and domain-IL)."""
+
+    model_config = _STRICT
+    batch_size: int = Field(10, ge=1)
+    task_free: bool = False
+    accuracy: bool = True  # record the online accuracy (one extra forward pass per batch)
+
+
 class RunConfig(BaseModel):
     model_config = _STRICT
     benchmark: BenchmarkConfig = BenchmarkConfig()
@@ -199,9 +224,21 @@ class RunConfig(BaseModel):
     eval: EvalConfig = EvalConfig()
     tracking: TrackingConfig = TrackingConfig()
     checkpoint: Optional[CheckpointConfig] = None  # null: every experience end and every 300 s
+    online: Optional[OnlineConfig] = None  # null: offline (train.iterations / train.epochs per experience)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: Optional[int] = Field(None, ge=1)  # torch intra-op threads; None: torch's default
+
+    @model_validator(mode="after")
+    def _online_is_one_pass(self):
+        if self.online is not None:
+            if self.train.iterations is not None:
+                raise ValueError("online training is one pass over each experience: remove train.iterations "
+                                 "(or remove the online section)")
+            if self.train.epochs != 1:
+                raise ValueError(f"online training is one pass over each experience: train.epochs must be 1, "
+                                 f"got {self.train.epochs}")
+        return self
 
     def to_dict(self) -> dict:
         return json.loads(self.model_dump_json())
@@ -225,7 +262,8 @@ def _format_validation_error(exc: ValidationError, prefix: str = "") -> str:
         elif err["type"] == "literal_error":
             lines.append(f"config key '{key}': {err['msg'].lower()} (got {err.get('input')!r})")
         elif err["type"] == "value_error":  # our own validators: the message says it all
-            lines.append(f"config key '{key}': {err['msg'].removeprefix('Value error, ')}")
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"config key '{key}': {msg}" if key else msg)  # a whole-config rule names its keys
         else:
             lines.append(f"config key '{key}': {err['msg']} (got {err.get('input')!r})")
     return "; ".join(lines)

@@ -71,8 +71,15 @@ def run(config: RunConfig | dict, monitor=None, checkpointer=None, resume: dict 
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     strategy = build_strategy(cfg)  # before any data loads: a bad composition is refused at once
+    task_free = bool(cfg.online and cfg.online.task_free)
+    if task_free and not strategy.supports_task_free:
+        raise ConfigError(f"strategy '{strategy.name}' needs experience boundaries (it acts in before_experience, "
+                          f"train_data or after_experience), so it cannot run with online.task_free: true")
     stream = build_benchmark(cfg.benchmark, cfg.seed)
     check_iterations(cfg.train.iterations, len(stream))
+    if task_free and stream.scenario == "task":
+        raise ConfigError("online.task_free applies to class- and domain-incremental streams; task-IL gives every "
+                          "sample its task, so set benchmark.scenario to class or domain")
     if stream.scenario not in strategy.scenarios:
         raise ConfigError(f"strategy '{strategy.name}' supports scenarios {list(strategy.scenarios)}, "
                           f"not '{stream.scenario}'")
@@ -85,13 +92,15 @@ def run(config: RunConfig | dict, monitor=None, checkpointer=None, resume: dict 
     strategy.setup(model, device, cfg.seed)
     tc = cfg.train
     t0 = time.perf_counter()
-    result = train(stream.to(device), strategy, make_optimizer_factory(tc), batch_size=tc.batch_size,
+    result = train(stream.to(device), strategy, make_optimizer_factory(tc),
+                   batch_size=cfg.online.batch_size if cfg.online else tc.batch_size,
                    iterations=tc.iterations, epochs=tc.epochs, seed=cfg.seed,
                    reset_optimizer=tc.reset_optimizer, eval_batch_size=cfg.eval.batch_size,
                    eval_every=cfg.eval.every, eval_subsample=cfg.eval.subsample, eval_split=cfg.eval.split,
                    monitor=monitor, schedule=build_run_schedule(tc, stream), grad_clip_norm=tc.grad_clip_norm,
                    precision=tc.precision or "fp32", record_grad_norms=bool(tc.record_grad_norms),
-                   checkpointer=checkpointer, resume=resume)
+                   checkpointer=checkpointer, resume=resume, task_free=task_free,
+                   online_accuracy=bool(cfg.online and cfg.online.accuracy))
     wall = time.perf_counter() - t0
     out = {
         "config": cfg.to_dict(),
@@ -118,6 +127,10 @@ def run(config: RunConfig | dict, monitor=None, checkpointer=None, resume: dict 
     }
     if tc.record_grad_norms:
         out["grad_norms"] = result.grad_norms
+    if result.online:  # the accuracy on each incoming batch before training on it
+        hits, seen = (sum(h for h, _ in result.online), sum(n for _, n in result.online))
+        out["online_accuracy"] = hits / max(seen, 1)
+        out["online_accuracy_per_experience"] = [h / max(n, 1) for h, n in result.online]
     if checkpointer is not None:  # execution facts, like the timings (they differ between resumed runs)
         out["checkpoints"] = {"saved": checkpointer.saves, "time_s": checkpointer.time_s,
                               "resumed_from": None if resume is None else list(resume["next"])}

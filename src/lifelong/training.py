@@ -49,6 +49,7 @@ class RunResult:
     curve: tuple | None = None  # (steps (S,), acc (S, T)) from continual evaluation
     continual_eval_time_s: float = 0.0
     grad_norms: list = field(default_factory=list)  # with record_grad_norms: one per update
+    online: list = field(default_factory=list)  # with online_accuracy: [hits, seen] per experience
 
     @property
     def task_aware(self) -> bool:
@@ -72,7 +73,7 @@ def train(stream: Stream, strategy: Strategy, make_optimizer: Callable, *, batch
           eval_batch_size: int = 1000, eval_every: int | None = None, eval_subsample: int = 1000,
           eval_split: str = "test", monitor=None, schedule=None, grad_clip_norm: float | None = None,
           precision: str = "fp32", record_grad_norms: bool = False, checkpointer=None,
-          resume: dict | None = None) -> RunResult:
+          resume: dict | None = None, task_free: bool = False, online_accuracy: bool = False) -> RunResult:
     """Train ``strategy`` (set up with its model) on every experience of ``stream`` in order,
     evaluating on all test experiences after each one and, with ``eval_every``, on a fixed
     subsample of the seen experiences every ``eval_every`` iterations (continual evaluation).
@@ -82,7 +83,11 @@ def train(stream: Stream, strategy: Strategy, make_optimizer: Callable, *, batch
     schedule scaling every group's learning rate. ``precision``: fp32, bf16 or fp16 (autocast;
     fp16 with a gradient scaler, unscaled before ``before_step``). ``checkpointer``: saves a
     snapshot at every experience end and when ``checkpointer.due(step)``; ``resume``: such a
-    snapshot, from which the run continues exactly as if never interrupted."""
+    snapshot, from which the run continues exactly as if never interrupted. ``task_free``: no
+    boundary reaches the strategy (no ``before_experience``/``train_data``/``after_experience``,
+    ``context.experience`` is None, one optimizer for the stream, output units activate as their
+    labels arrive); the evaluation still records the matrix at the hidden boundaries.
+    ``online_accuracy``: each incoming batch is first predicted (the online accuracy)."""
     model, dev = strategy.model, strategy.device
     g = torch.Generator().manual_seed(seed)
     result = RunResult(stream.scenario)
@@ -111,22 +116,28 @@ def train(stream: Stream, strategy: Strategy, make_optimizer: Callable, *, batch
             optimizer = restore_boundary(boundary, strategy, optimizer, make_optimizer, amp.scaler)
             g.set_state(resume["batch_generator"])
         elif checkpointer:
-            boundary = ckpt.model_and_strategy(strategy, None if reset_optimizer else optimizer, amp.scaler)
-        model.observe(exp.classes, exp.task_id)
-        strategy.before_experience(exp)
-        optimizer = _optimizer_for(strategy.param_groups(), make_optimizer, None if reset_optimizer else optimizer)
-        data = strategy.train_data(exp)  # None: the strategy fits in closed form (after_experience)
+            boundary = ckpt.model_and_strategy(strategy, None if reset_optimizer and not task_free else optimizer,
+                                               amp.scaler)
+        if task_free:  # the strategy sees batches only; the stream's training data as they come
+            optimizer = optimizer or _optimizer_for(strategy.param_groups(), make_optimizer, None)
+            data = exp.train
+        else:
+            model.observe(exp.classes, exp.task_id)
+            strategy.before_experience(exp)
+            optimizer = _optimizer_for(strategy.param_groups(), make_optimizer, None if reset_optimizer else optimizer)
+            data = strategy.train_data(exp)  # None: the strategy fits in closed form (after_experience)
         budget = iteration_budget(exp, iterations)
         n_iters = 0 if data is None else budget if budget is not None else epochs * -(-len(data) // batch_size)
-        ctx.optimizer, ctx.experience, ctx.iteration, ctx.n_iterations = optimizer, exp, 0, n_iters
+        ctx.optimizer, ctx.experience, ctx.iteration, ctx.n_iterations = optimizer, None if task_free else exp, 0, n_iters
         if monitor:
             monitor.start(exp, n_iters)
         model.train()
         loss_sum = torch.zeros((), device=dev)
+        online = torch.zeros(2, dtype=torch.long, device=dev) if online_accuracy else None  # hits, seen
         g_start = g.get_state()
         skip = 0
         if resuming and resume["current"] is not None:  # interrupted inside this experience
-            skip, loss_sum = restore_current(resume["current"], strategy, optimizer, amp.scaler, dev)
+            skip, loss_sum, online = restore_current(resume["current"], strategy, optimizer, amp.scaler, dev)
         # One task-id tensor per experience, expanded to each batch (no allocation per step; an
         # expanded tensor cannot be written in place by mistake).
         task = None if data is None or data.t is not None else torch.full((1,), exp.task_id, device=data.y.device)
@@ -139,7 +150,12 @@ def train(stream: Stream, strategy: Strategy, make_optimizer: Callable, *, batch
                 apply_schedule(schedule, optimizer, exp.index, it)
             idx = idx.to(data.y.device)
             t = data.t[idx] if task is None else task.expand(len(idx))
-            batch = strategy.augment(Batch(data.x[idx], data.y[idx], t, index=idx))
+            batch = Batch(data.x[idx], data.y[idx], t, index=idx)
+            if online is not None:  # predicted before the model trains on it
+                online += online_hits(strategy, batch, task_aware)
+            if task_free:
+                observe_labels(model, batch)
+            batch = strategy.augment(batch)
             with amp.autocast():
                 logits = strategy.forward(batch)
                 loss = strategy.loss(logits, batch)
@@ -165,10 +181,13 @@ def train(stream: Stream, strategy: Strategy, make_optimizer: Callable, *, batch
                 monitor.step(it, loss, cont.latest if cont else None)
             if checkpointer and it + 1 < n_iters and checkpointer.due(step):
                 checkpointer.save(snapshot(exp.index, it + 1, boundary, strategy, optimizer, amp.scaler, g_start,
-                                           loss_sum, result, cont, ctx.step))
+                                           loss_sum, result, cont, ctx.step, online))
         if n_iters and not torch.isfinite(loss_sum):
             raise DivergenceError(divergence_message(strategy, optimizer, exp, n_iters - 1, ctx.step, loss_sum, precision))
-        strategy.after_experience(exp)
+        if online is not None:
+            result.online.append(online.tolist())
+        if not task_free:
+            strategy.after_experience(exp)
         if n_iters == 0:  # a closed-form fit counts as one update; the curve records the model it gives
             ctx.step += 1
             if cont:
@@ -185,7 +204,8 @@ def train(stream: Stream, strategy: Strategy, make_optimizer: Callable, *, batch
         if monitor:
             monitor.end(exp, result)
         if checkpointer and exp.index + 1 < len(stream):
-            checkpointer.save(snapshot(exp.index + 1, 0, None, strategy, None if reset_optimizer else optimizer,
+            checkpointer.save(snapshot(exp.index + 1, 0, None, strategy,
+                                       None if reset_optimizer and not task_free else optimizer,
                                        amp.scaler, g.get_state(), None, result, cont, ctx.step))
     if cont:
         result.curve, result.continual_eval_time_s = cont.curve(), cont.time_s
@@ -274,7 +294,7 @@ def divergence_message(strategy, optimizer, exp, it: int, step: int, loss, preci
 # ---------------------------------------------------------------------------------------------
 # checkpoints: what a snapshot holds, and how a run continues from one (lifelong.checkpoint)
 def snapshot(exp_index: int, iteration: int, boundary, strategy, optimizer, scaler, g_start, loss_sum,
-             result: RunResult, cont, step: int) -> dict:
+             result: RunResult, cont, step: int, online=None) -> dict:
     """Resume at ``iteration`` of experience ``exp_index``. At an experience boundary
     (``iteration`` 0) the current state is the boundary; inside an experience the snapshot
     also holds the state the experience started from, whose set-up is replayed on resume.
@@ -284,7 +304,8 @@ def snapshot(exp_index: int, iteration: int, boundary, strategy, optimizer, scal
     if iteration == 0:
         boundary, current = here, None
     else:
-        current = dict(here, iteration=iteration, loss_sum=loss_sum.detach().clone())
+        current = dict(here, iteration=iteration, loss_sum=loss_sum.detach().clone(),
+                       online=None if online is None else online.clone())
     return {"format": ckpt.FORMAT, "next": [exp_index, iteration], "step": step, "batch_generator": g_start.clone(),
             "boundary": boundary, "current": current, "result": _result_state(result),
             "continual": None if cont is None else cont.state()}
@@ -313,6 +334,24 @@ def restore_boundary(boundary: dict, strategy, optimizer, make_optimizer, scaler
     return optimizer
 
 
-def restore_current(current: dict, strategy, optimizer, scaler, dev) -> tuple[int, torch.Tensor]:
+def restore_current(current: dict, strategy, optimizer, scaler, dev):
     ckpt.restore_model_and_strategy(current, strategy, optimizer, scaler)
-    return current["iteration"], current["loss_sum"].to(dev, copy=True)
+    online = current.get("online")
+    return (current["iteration"], current["loss_sum"].to(dev, copy=True),
+            None if online is None else online.to(dev, copy=True))
+
+
+@torch.no_grad()
+def online_hits(strategy, batch: Batch, task_aware: bool) -> torch.Tensor:
+    """[correct, seen] of the model's predictions on an incoming batch, in evaluation mode."""
+    model = strategy.model
+    model.eval()
+    scores = strategy.predict(batch.x, batch.t if task_aware else None)
+    model.train()
+    return torch.stack([(scores.argmax(1) == batch.y).sum(), torch.tensor(len(batch.y), device=batch.y.device)])
+
+
+def observe_labels(model, batch: Batch) -> None:
+    """Task-free: an output unit becomes active when its label first arrives."""
+    labels = torch.unique(batch.y).tolist()
+    model.observe(labels, int(batch.t[0]))

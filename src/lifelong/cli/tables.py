@@ -24,7 +24,7 @@ def metrics_table(res: dict) -> Table:
     t = Table(show_header=True)
     t.add_column("metric")
     t.add_column("value", justify="right")
-    for k in ("average_accuracy", "average_incremental_accuracy", "forgetting", "bwt", "fwt",
+    for k in ("average_accuracy", "average_incremental_accuracy", "online_accuracy", "forgetting", "bwt", "fwt",
               "task_aware_average_accuracy", "wall_time_s", "train_time_s", "eval_time_s"):
         if k in res:
             v = res[k]

@@ -15,6 +15,11 @@ class MemoryStrategy(Strategy):
     def online(self) -> bool:
         return self.mem_per_class is None and self.mem_policy == "reservoir"
 
+    @property
+    def supports_task_free(self) -> bool:
+        """Reservoir sampling needs no boundary; class-balanced selection happens at boundaries."""
+        return self.online and type(self).before_experience is Strategy.before_experience
+
     def setup(self, model, device="cpu", seed=0):
         super().setup(model, device, seed)
         self.buffer_ = make_buffer(self.mem_policy, self.mem_size, self.mem_per_class, seed=seed + 2)

@@ -120,6 +120,13 @@ class Strategy:
         features): then no training hook of a composed member would run."""
         return False
 
+    @property
+    def supports_task_free(self) -> bool:
+        """True when the method works with no experience boundaries (task-free training): by
+        default, when it defines none of the boundary hooks. A method whose boundary hooks are
+        no-ops in some settings (reservoir replay) says so by overriding this."""
+        return not any(_overrides(self, h) for h in ("before_experience", "train_data", "after_experience"))
+
     # -- set-up -------------------------------------------------------------------------
     def setup(self, model: torch.nn.Module, device: torch.device | str = "cpu", seed: int = 0) -> "Strategy":
         """Attach the model; called once by the loop before the first experience."""
@@ -258,6 +265,10 @@ class Compose(Strategy):
     @property
     def gradient_free(self) -> bool:
         return all(m.gradient_free for m in self.members)
+
+    @property
+    def supports_task_free(self) -> bool:
+        return all(m.supports_task_free for m in self.members)
 
     def _one(self, hook: str) -> Strategy:
         return self._owner[hook] or self.members[0]

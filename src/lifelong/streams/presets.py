@@ -26,6 +26,8 @@ from ..errors import ConfigError
 from .base import Stream
 from .builders import (_class_groups, blurry_stream, data_incremental_stream, permuted_stream, rotated_stream,
                        sequence_stream, split_stream)
+from .orderings import reorder_stream
+from .revisits import power_law_stream, scole_stream
 
 COMMON_KEYS = {"name", "scenario", "val_fraction"}
 #: datasets that ship with an installed package: ``data_dir`` does not apply to them (it is an
@@ -51,8 +53,20 @@ def _features(datasets: list, cfg) -> list:
     return featurize_from_config(datasets, cfg.features)
 
 
+def _ordered(cfg, seed, stream: Stream) -> Stream:
+    """``stream`` in the experience order ``benchmark.order`` asks for (lifelong.streams.orderings)."""
+    if cfg.order is None:
+        if cfg.order_scores is not None:
+            raise ConfigError("benchmark.order_scores needs benchmark.order ('curriculum' or 'anti-curriculum')")
+        return stream
+    return reorder_stream(stream, cfg.order, cfg.order_scores, seed)
+
+
 def _split(dataset: str) -> Preset:
     def build(cfg, seed):
+        return _ordered(cfg, seed, build_unordered(cfg, seed))
+
+    def build_unordered(cfg, seed):
         if cfg.blurry_disjoint is not None and cfg.blurry is None:
             raise ConfigError("benchmark.blurry_disjoint needs benchmark.blurry (the fraction of each blurry "
                               "class's samples that move to other experiences)")
@@ -78,9 +92,9 @@ def _split(dataset: str) -> Preset:
                             val_fraction=cfg.val_fraction, seed=seed, name=f"split-{dataset}")
 
     return Preset(f"{dataset} classes split into experiences (default 5 x 2 for 10 classes); "
-                  "blurry: generalized class-IL", "class",
+                  "blurry: generalized class-IL; order: curriculum", "class",
                   COMMON_KEYS | {"n_experiences", "classes_per_experience", "first_experience_classes", "class_order",
-                                 "features", "blurry", "blurry_disjoint"}
+                                 "features", "blurry", "blurry_disjoint", "order", "order_scores"}
                   | ({"data_dir"} if dataset not in SHIPPED else set()),
                   build)
 
@@ -119,6 +133,30 @@ def _tweets(cfg, seed):
                                    val_fraction=cfg.val_fraction, seed=seed, name="tweets-sentiment")
 
 
+def _scole(dataset: str) -> Preset:
+    def build(cfg, seed):
+        if cfg.scenario not in (None, "class"):
+            raise ConfigError(f"scole-* streams are class-incremental (random classes recur): scenario 'class', "
+                              f"not '{cfg.scenario}'")
+        return scole_stream(load_dataset(dataset), n_experiences=cfg.n_experiences or 100,
+                            classes_per_experience=cfg.classes_per_experience or 2, class_probs=cfg.class_probs,
+                            train_per_class=cfg.train_per_class, test_per_class=cfg.test_per_class,
+                            val_fraction=cfg.val_fraction, seed=seed, name=f"scole-{dataset}")
+
+    return Preset(f"SCoLe: long stream (default 100) of experiences of random {dataset} classes (default 2) that "
+                  "recur; class_probs: class frequencies", "class",
+                  COMMON_KEYS | {"n_experiences", "classes_per_experience", "class_probs", "train_per_class",
+                                 "test_per_class"}, build, no_features="its experiences draw samples anew")
+
+
+def _power_law(cfg, seed):
+    return power_law_stream(load_dataset("mnist"), n_tasks=cfg.n_tasks or 10, n_experiences=cfg.n_experiences or 50,
+                            mode=cfg.revisit or "power_law", alpha=cfg.revisit_alpha or 1.0,
+                            train_per_experience=cfg.train_per_experience or 1000,
+                            test_per_task=cfg.test_per_task or 1000, scenario=cfg.scenario or "domain",
+                            permute_first=bool(cfg.permute_first), val_fraction=cfg.val_fraction, seed=seed)
+
+
 def presets() -> dict[str, Preset]:
     out = {f"split-{d.replace('_', '-')}": _split(d) for d in DATASETS}
     pixels = ("its experiences transform the pixels (a permutation or a rotation per experience), so a frozen "
@@ -135,6 +173,14 @@ def presets() -> dict[str, Preset]:
                                      "the same classes in every experience, new tweets in chunks (default 5); "
                                      "needs features: {backbone: minilm}", "domain",
                                      COMMON_KEYS | {"n_experiences", "features"}, _tweets)
+    for d in ("mnist", "digits"):
+        out[f"scole-{d}"] = _scole(d)
+    out["powerlaw-permuted-mnist"] = Preset(
+        "permuted-MNIST tasks (default 10) revisited over the stream (default 50 visits) with probability ~ (time "
+        "since last seen)^-revisit_alpha; revisit: power_law, uniform or none", "domain",
+        COMMON_KEYS | {"n_experiences", "n_tasks", "revisit", "revisit_alpha", "train_per_experience",
+                       "test_per_task", "permute_first"}, _power_law,
+        no_features="its experiences transform the pixels (a permutation per task)")
     return out
 
 

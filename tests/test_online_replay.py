@@ -249,3 +249,33 @@ def test_der_beats_finetuning_in_domain_il(seed):
     # stored; in class-IL the classes that arrive later are left free, so its gain is in the
     # shared-head setting (docs/methods-online.md).
     assert _avg_acc("der", seed, "domain") > _avg_acc("finetune", seed, "domain") + 0.05
+
+
+def test_der_with_a_single_linear_head_stores_and_compares_the_unmasked_outputs():
+    from lifelong.models import ContinualModel, IncrementalHead
+
+    class Ident(torch.nn.Module):
+        out_features = 2
+
+        def forward(self, x):
+            return x
+
+    torch.manual_seed(0)
+    model = ContinualModel(Ident(), IncrementalHead(2, 3))
+    model.observe([0, 1], 0)  # class 2 not active yet: masked in the training logits
+    der = DER(mem_size=4, der_alpha=1.0, replay_batch_size=2).setup(model)
+    x, y, t = torch.tensor([[1.0, 2.0], [3.0, -1.0]]), torch.tensor([0, 1]), torch.zeros(2, dtype=torch.long)
+    logits = der.forward(Batch(x, y, t))
+    assert torch.isinf(logits[:, 2]).all()  # the cross-entropy sees only active outputs
+    der.after_step(Batch(x, y, t), logits.detach())
+    raw = model.head.linear(x).detach()
+    assert torch.equal(der.buffer_.extras["logits"][:2], raw)  # every entry stored, class 2 included
+    with torch.no_grad():
+        model.head.linear.weight[2] += 1.0  # only the inactive class's output moves
+    want = ((model.head.linear(x) - raw) ** 2).mean()
+    assert der.penalty(logits, Batch(x, y, t)).item() == pytest.approx(want.item(), rel=1e-6) and want > 0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_der_beats_finetuning_in_class_il(seed):
+    assert _avg_acc("der", seed) > _avg_acc("finetune", seed) + 0.05

@@ -19,11 +19,15 @@ Defaults: the paper's (its appendix, Mammoth's ``best_args``) for Seq-MNIST with
 buffer: ``mem_size=500``, ``der_alpha=1.0``, ``derpp_beta=0.5`` (lr 0.03 SGD, batch 10, one
 epoch); with 200 samples it uses alpha 0.2 (DER) and alpha 0.2, beta 1.0 (DER++).
 
-Where we differ: our heads return ``-inf`` for outputs that were not active when a sample was
-stored (classes not seen yet, other tasks' heads). The MSE is taken over the entries that are
-finite both in the stored and in the current logits (the classes the stored logits know),
-averaged over those entries; Mammoth's single head has every output active from the start
-and averages over all of them. The logits are stored in the buffer's ``logits`` extra.
+Logits, masked or not. Our heads return ``-inf`` for outputs that are not active (classes not
+seen yet, other tasks' heads), where Mammoth's single head has every output active from the
+start, so its stored logits also pin the outputs of classes that had not arrived yet (low),
+and the MSE keeps them low on old samples when those classes come. With a head that is one
+linear layer over the label space (class- and domain-IL), DER stores and compares the
+*unmasked* outputs of that layer, over every entry, as Mammoth does (the cross-entropy still
+sees only active outputs). With per-task heads (task-IL) the MSE is taken over the entries
+finite in both the stored and the current logits. The logits are in the buffer's ``logits``
+extra.
 """
 from typing import Annotated, Optional
 
@@ -63,15 +67,36 @@ class DER(Strategy):
     def _replay(self, n: int) -> dict:
         return self.buffer_.get(self.buffer_.sample_indices(self.replay_batch_size or n))
 
+    @property
+    def _linear_head(self):
+        """The head's single linear layer over the label space, or None (per-task heads)."""
+        head = getattr(self.model, "head", None)
+        layer = getattr(head, "linear", None)
+        return layer if isinstance(layer, torch.nn.Linear) and hasattr(head, "active") else None
+
+    def _raw(self, x):
+        return self._linear_head(self.model.features(x))
+
+    def forward(self, batch):
+        if self._linear_head is None:
+            self.raw_ = None
+            return self.model(batch.x, batch.t)
+        raw = self._raw(batch.x)
+        self.raw_ = raw.detach()  # what after_step stores: this forward's unmasked outputs
+        return raw.masked_fill(~self.model.head.active, float("-inf"))
+
     def penalty(self, logits, batch):
         if len(self.buffer_) == 0:
             return 0.0
         m = self._replay(batch.n_new)
+        if self._linear_head is not None:
+            return self.der_alpha * F.mse_loss(self._raw(m["x"]), m["logits"].to(logits.dtype))
         return self.der_alpha * masked_mse(self.model(m["x"], m["t"]), m["logits"])
 
     def after_step(self, batch, logits):
         n = batch.n_new  # the stream's samples only, with the logits of the forward before the step
-        self.buffer_.add(batch.x[:n], batch.y[:n], batch.t[:n], logits=logits[:n].float())
+        stored = logits if getattr(self, "raw_", None) is None else self.raw_
+        self.buffer_.add(batch.x[:n], batch.y[:n], batch.t[:n], logits=stored[:n].float())
 
     def extra_state(self):
         return {"buffer": self.buffer_.state_dict()}

@@ -22,7 +22,7 @@ from lifelong.strategies import STRATEGIES
 from lifelong.streams import split_stream
 from lifelong.training import train
 
-METHODS = ["finetune", "er", "er_ace", "der", "derpp", "mir", "gdumb"]
+METHODS = ["finetune", "er", "er_ace", "der", "derpp", "mir", "gdumb", "sharp", "onpro"]
 
 
 def run(name, seed, args, epochs=1):

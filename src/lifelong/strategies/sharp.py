@@ -1,0 +1,269 @@
+"""SHARP: sparse dynamic connectivity and replay of hidden activations of recent classes.
+
+Gurbuz, Moorman & Dovrolis (2023), "SHARP: Sparsity and Hidden Activation RePlay for
+Neuro-Inspired Continual Learning" (arXiv:2305.18563). Official code:
+github.com/BurakGurbuz97/SHARP-Continual-Learning (``launch_utils.py`` holds the defaults).
+
+What we implement (for the MLP backbone, ``model.backbone.net``: Linear/ReLU blocks):
+
+- Sparse connectivity: every Linear layer of the backbone gets a fixed-density binary mask
+  (``sharp_density=0.4``: the paper's ``prune_perc=60``, random pruning at the start; the kept
+  weights are scaled by ``1/sqrt(density)`` so the pre-activations keep the dense
+  initialisation's variance). Masked weights are zero and stay zero.
+- Dynamic rewiring: every ``sharp_rewire_every=30`` optimizer steps each layer drops the
+  ``sharp_rewire_fraction=0.2`` of its active connections into plastic units with the smallest
+  magnitude and grows as many at random into plastic units, with weight 0 (as the paper's
+  growth, ``weight_init = zeros``). The number of connections per layer never changes.
+- Stable units (from NISPA, which SHARP builds on): at the end of each experience the
+  ``sharp_stable_fraction=0.5`` of each layer below the replay point (of its width, at most the
+  plastic units left) that are most active on the experience's data become stable: their
+  connections from plastic units are cut (and regrown into plastic units) and their incoming
+  weights and bias are frozen (restored after every step, so momentum or weight decay cannot
+  move them). A stable unit's activation is then a fixed function of the input.
+- Hidden-activation replay: at the end of each experience ``sharp_per_class=50`` random samples
+  of each of its classes (paper ``stm_per_class=50``) are passed through the layers below the
+  replay point (the first ``sharp_replay_layer=1`` Linear+ReLU blocks; the paper's MNIST model
+  stores the first layer's output) and their activations are stored with their labels. Only
+  the classes of the ``sharp_recent_experiences=1`` most recent experiences are kept (paper
+  ``stm_num_tasks=1``: the previous episode). While training, a minibatch of stored
+  activations (``sharp_replay_batch_size``, default the stream's batch size; the paper uses
+  equal stream and memory batches) goes through the layers above the replay point and the
+  head, and its cross-entropy is added to the loss (``penalty``). All layers keep learning:
+  the plastic units below the replay point from the stream, everything above from both.
+
+Where we differ from the paper (to keep one method in one file on the shared loop, online):
+- The paper trains each episode in ``max_phases=10`` phases (3 epochs each) with a supervised
+  contrastive loss, selects units per phase on a cosine schedule (``tau=30``), re-initialises
+  the units left plastic at the end of an episode, and predicts with a k-nearest-neighbour
+  "neocortex" over stored penultimate-layer representations of every class
+  (``ltm_per_class=25``, ``k=5``). We train with the loop's optimizer and cross-entropy,
+  predict with the model's head, promote a fixed fraction of units per experience, rewire by
+  magnitude on a step schedule (as SET, Mocanu et al. 2018), and never re-initialise.
+- Stored activations keep the values of units that were still plastic when they were stored
+  (those go stale as the units learn); the paper masks units by their age at replay.
+- The stored activations are float32 (the paper quantises them to 8 bits).
+- The head stays dense (its outputs are activated class by class); batch norm is refused.
+- Hyper-parameters ``sharp_rewire_every=30`` (about once per experience of the online
+  split-digits benchmark) and ``sharp_stable_fraction=0.5`` are ours, picked on that benchmark
+  (seeds 0-1; ``docs/methods-online.md``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Annotated, Optional
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from ..errors import ConfigError
+from .base import Strategy
+
+
+class SHARP(Strategy):
+    name = "sharp"
+    paper = "Gurbuz, Moorman & Dovrolis 2023, SHARP: Sparsity and Hidden Activation RePlay for Neuro-Inspired Continual Learning"
+    scenarios = ("class", "task", "domain")
+
+    def __init__(self, sharp_density: Annotated[float, Field(gt=0, le=1)] = 0.4,
+                 sharp_rewire_every: Annotated[int, Field(ge=1)] = 30,
+                 sharp_rewire_fraction: Annotated[float, Field(ge=0, le=1)] = 0.2,
+                 sharp_stable_fraction: Annotated[float, Field(gt=0, le=1)] = 0.5,
+                 sharp_replay_layer: Annotated[int, Field(ge=1)] = 1,
+                 sharp_per_class: Annotated[int, Field(ge=1)] = 50,
+                 sharp_recent_experiences: Annotated[int, Field(ge=1)] = 1,
+                 sharp_replay_batch_size: Optional[Annotated[int, Field(ge=1)]] = None):
+        super().__init__()
+        self.sharp_density = sharp_density
+        self.sharp_rewire_every = sharp_rewire_every
+        self.sharp_rewire_fraction = sharp_rewire_fraction
+        self.sharp_stable_fraction = sharp_stable_fraction
+        self.sharp_replay_layer = sharp_replay_layer
+        self.sharp_per_class = sharp_per_class
+        self.sharp_recent_experiences = sharp_recent_experiences
+        self.sharp_replay_batch_size = sharp_replay_batch_size
+
+    # -- set-up: the masked layers and the replay point ------------------------------------
+    def _layers(self):
+        from ..models import MLP
+
+        backbone = getattr(self.model, "backbone", None)
+        net = getattr(backbone, "net", ())
+        if not isinstance(backbone, MLP) or any(isinstance(m, nn.BatchNorm1d) for m in net):
+            raise ConfigError(f"strategy 'sharp' needs the 'mlp' backbone without batch norm (it masks its "
+                              f"Linear layers and replays activations between them), got {type(backbone).__name__}")
+        relus = [i for i, m in enumerate(net) if isinstance(m, nn.ReLU)]
+        if self.sharp_replay_layer > len(relus):
+            raise ConfigError(f"'sharp_replay_layer' must be at most the number of hidden layers "
+                              f"({len(relus)}), got {self.sharp_replay_layer}")
+        cut = relus[self.sharp_replay_layer - 1] + 1
+        linears = [m for m in net if isinstance(m, nn.Linear)]
+        return cut, linears, self.sharp_replay_layer
+
+    def setup(self, model, device="cpu", seed=0):
+        super().setup(model, device, seed)
+        self._cut, self._linears, self._n_lower = self._layers()
+        self.masks_ = []
+        for lin in self._linears:
+            n = lin.weight.numel()
+            keep = max(1, round(self.sharp_density * n))
+            mask = torch.zeros(n, dtype=torch.bool)
+            mask[torch.randperm(n, generator=self.generator)[:keep]] = True
+            self.masks_.append(mask.view_as(lin.weight).to(lin.weight.device))
+        lower = self._linears[:self._n_lower]
+        # stable units of the layers below the replay point, and their frozen incoming weights
+        self.stable_ = [torch.zeros(lin.out_features, dtype=torch.bool, device=lin.weight.device) for lin in lower]
+        self.frozen_w_ = [lin.weight.detach().clone() for lin in lower]
+        self.frozen_b_ = [lin.bias.detach().clone() for lin in lower]
+        self.pruned_ = False  # the masks are applied to the weights at the first training batch
+        self.mem_h_ = None   # (N, d) stored activations at the replay point
+        self.mem_y_ = None   # (N,) labels
+        self.mem_t_ = None   # (N,) task ids
+        self.mem_age_ = None  # (N,) index of the experience that stored them
+        self.n_experiences_ = 0
+        return self
+
+    @torch.no_grad()
+    def _prune(self):
+        """Apply the initial masks, scaling the kept weights by 1/sqrt(density) so the
+        pre-activations keep the variance of the dense initialisation."""
+        for lin, mask in zip(self._linears, self.masks_):
+            lin.weight.mul_(mask / math.sqrt(mask.float().mean()))
+        self.pruned_ = True
+
+    @torch.no_grad()
+    def _apply_masks(self):
+        for i, (lin, mask) in enumerate(zip(self._linears, self.masks_)):
+            if i < len(self.stable_):  # stable units keep their incoming weights
+                s = self.stable_[i]
+                lin.weight[s] = self.frozen_w_[i][s]
+                lin.bias[s] = self.frozen_b_[i][s]
+            lin.weight.mul_(mask)
+
+    def _plastic_rows(self, i):
+        lin = self._linears[i]
+        if i < len(self.stable_):
+            return ~self.stable_[i]
+        return torch.ones(lin.out_features, dtype=torch.bool, device=lin.weight.device)
+
+    # -- the two halves of the network ------------------------------------------------------
+    def lower(self, x):
+        """Activations at the replay point."""
+        return self.model.backbone.net[:self._cut](x)
+
+    def upper(self, h, t=None):
+        """Logits from activations at the replay point (the layers above it and the head)."""
+        return self.model.head(self.model.backbone.net[self._cut:](h), t)
+
+    # -- hooks -------------------------------------------------------------------------------
+    def augment(self, batch):
+        if not self.pruned_:  # here, not in setup: a model restored from a checkpoint stays as loaded
+            self._prune()
+        return batch
+
+    def penalty(self, logits, batch):
+        if self.mem_h_ is None or len(self.mem_y_) == 0:
+            return 0.0
+        n = self.sharp_replay_batch_size or batch.n_new
+        idx = torch.randint(len(self.mem_y_), (n,), generator=self.generator).to(self.mem_y_.device)
+        return F.cross_entropy(self.upper(self.mem_h_[idx], self.mem_t_[idx]), self.mem_y_[idx])
+
+    def after_step(self, batch, logits):
+        self._apply_masks()
+        if self.sharp_rewire_fraction > 0 and (self.context.step + 1) % self.sharp_rewire_every == 0:
+            self.rewire()
+
+    @torch.no_grad()
+    def _grow(self, i, k):
+        """Grow ``k`` random connections (weight 0) into plastic units of layer ``i``."""
+        lin, mask = self._linears[i], self.masks_[i]
+        free = (~mask & self._plastic_rows(i).unsqueeze(1)).view(-1).nonzero().flatten()
+        k = min(k, len(free))
+        grow = free[torch.randperm(len(free), generator=self.generator)[:k].to(free.device)]
+        mask.view(-1)[grow] = True
+        lin.weight.view(-1)[grow] = 0.0
+
+    @torch.no_grad()
+    def rewire(self):
+        """In each layer drop the weakest active connections into plastic units and grow as many
+        at random (weight 0), into plastic units."""
+        for i, (lin, mask) in enumerate(zip(self._linears, self.masks_)):
+            active = (mask & self._plastic_rows(i).unsqueeze(1)).view(-1).nonzero().flatten()
+            k = int(self.sharp_rewire_fraction * len(active))
+            if k == 0:
+                continue
+            drop = active[lin.weight.view(-1)[active].abs().argsort(stable=True)[:k]]
+            mask.view(-1)[drop] = False
+            lin.weight.view(-1)[drop] = 0.0
+            self._grow(i, k)
+
+    @torch.no_grad()
+    def _promote(self, x):
+        """Make the most active plastic units of each layer below the replay point stable: cut their
+        connections from plastic units (regrown elsewhere) and freeze their incoming weights, so
+        their activations never change again."""
+        h = x.flatten(1)
+        for i, lin in enumerate(self._linears[:self._n_lower]):
+            src_stable = None if i == 0 else self.stable_[i - 1]
+            out = F.relu(F.linear(h, lin.weight, lin.bias))
+            plastic = ~self.stable_[i]
+            k = min(round(self.sharp_stable_fraction * lin.out_features), int(plastic.sum()))
+            if k > 0:
+                score = out.mean(0).masked_fill(~plastic, float("-inf"))
+                new = score.argsort(descending=True, stable=True)[:k]
+                if src_stable is not None:
+                    cut = self.masks_[i][new] & ~src_stable.unsqueeze(0)
+                    n_cut = int(cut.sum())
+                    self.masks_[i][new] &= src_stable.unsqueeze(0)
+                    lin.weight[new] *= self.masks_[i][new]
+                    self.stable_[i][new] = True
+                    self._grow(i, n_cut)
+                else:
+                    self.stable_[i][new] = True
+                self.frozen_w_[i] = lin.weight.detach().clone()
+                self.frozen_b_[i] = lin.bias.detach().clone()
+            h = F.relu(F.linear(h, lin.weight, lin.bias))
+
+    @torch.no_grad()
+    def after_experience(self, exp):
+        if not self.pruned_:
+            self._prune()
+        self.n_experiences_ += 1
+        d = exp.train
+        t = d.t if d.t is not None else torch.full_like(d.y, exp.task_id)
+        self._promote(d.x.to(self.device))
+        picked = []
+        for c in torch.unique(d.y).tolist():
+            idx = (d.y == c).nonzero().flatten()
+            perm = torch.randperm(len(idx), generator=self.generator)[:self.sharp_per_class]
+            picked.append(idx[perm.to(idx.device)])
+        picked = torch.cat(picked)
+        h = self.lower(d.x[picked].to(self.device))
+        y, tt = d.y[picked].to(self.device), t[picked].to(self.device)
+        age = torch.full_like(y, self.n_experiences_)
+        if self.mem_h_ is not None:
+            keep = self.mem_age_ > self.n_experiences_ - self.sharp_recent_experiences
+            keep &= ~torch.isin(self.mem_y_, y)  # a class that comes back is stored afresh
+            h, y = torch.cat([self.mem_h_[keep], h]), torch.cat([self.mem_y_[keep], y])
+            tt, age = torch.cat([self.mem_t_[keep], tt]), torch.cat([self.mem_age_[keep], age])
+        self.mem_h_, self.mem_y_, self.mem_t_, self.mem_age_ = h, y, tt, age
+
+    # -- state -------------------------------------------------------------------------------
+    def extra_state(self):
+        c = lambda xs: [v.clone() for v in xs]  # noqa: E731
+        return {"masks": c(self.masks_), "stable": c(self.stable_), "frozen_w": c(self.frozen_w_),
+                "frozen_b": c(self.frozen_b_), "mem_h": self.mem_h_, "mem_y": self.mem_y_,
+                "mem_t": self.mem_t_, "mem_age": self.mem_age_, "n_experiences": self.n_experiences_,
+                "pruned": self.pruned_}
+
+    def load_extra_state(self, state):
+        dev = lambda v: None if v is None else v.to(self.device)  # noqa: E731
+        self.masks_ = [dev(m) for m in state["masks"]]
+        self.stable_ = [dev(m) for m in state["stable"]]
+        self.frozen_w_ = [dev(m) for m in state["frozen_w"]]
+        self.frozen_b_ = [dev(m) for m in state["frozen_b"]]
+        self.mem_h_, self.mem_y_ = dev(state["mem_h"]), dev(state["mem_y"])
+        self.mem_t_, self.mem_age_ = dev(state["mem_t"]), dev(state["mem_age"])
+        self.n_experiences_ = int(state["n_experiences"])
+        self.pruned_ = bool(state["pruned"])

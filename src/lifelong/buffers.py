@@ -21,18 +21,36 @@ context reuses the labels 0..k-1, each context keeps its own samples, as in van 
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 _KEY = 1 << 32  # class key = task * _KEY + label
+_SMALL = 64  # reservoir_slots: batches up to this size are placed in Python
 
 
 def reservoir_slots(n_seen: int, n: int, capacity: int, generator: torch.Generator):
     """Algorithm R for ``n`` samples arriving after ``n_seen``: sample ``i`` (stream position)
     takes slot ``i`` while ``i < capacity``, else slot ``r ~ U{0..i}`` if ``r < capacity``.
     Returns ``(slots, rows)``: distinct slots and, for each, the batch row that ends up there
-    (when several rows pick one slot the latest wins, as if inserted one by one). O(n log n)."""
+    (when several rows pick one slot the latest wins, as if inserted one by one). O(n log n).
+
+    A small batch (an online minibatch) takes the same draws and the same arithmetic in plain
+    Python on the host (the results are identical; a dozen small tensor operations cost about
+    six times as much, a tenth of an ER step at batch 10 on CPU)."""
+    u = torch.rand(n, generator=generator, dtype=torch.float64)
+    if n <= _SMALL:
+        last = {}
+        for k, uk in enumerate(u.tolist()):  # a CPU tensor: no device synchronisation
+            i = n_seen + k
+            s = i if i < capacity else math.floor(uk * float(i + 1))  # float64, as the tensor path
+            if s < capacity:
+                last[s] = k  # the later row wins
+        slots = sorted(last)
+        return (torch.tensor(slots, dtype=torch.long),
+                torch.tensor([last[s] for s in slots], dtype=torch.long))
     i = n_seen + torch.arange(n, dtype=torch.float64)
-    r = torch.floor(torch.rand(n, generator=generator, dtype=torch.float64) * (i + 1)).long()
+    r = torch.floor(u * (i + 1)).long()
     slot = torch.where(i < capacity, i.long(), r)
     rows = torch.nonzero(slot < capacity).flatten()
     slots, inv = torch.unique(slot[rows], return_inverse=True)

@@ -173,7 +173,8 @@ def train(stream: Stream, strategy: Strategy, make_optimizer: Callable, *, batch
             strategy.after_step(batch, logits.detach())
             loss_sum += loss.detach()
             step = ctx.step = ctx.step + 1
-            if (dev.type == "cpu" or step % 20 == 0) and not torch.isfinite(loss_sum):
+            # a host float: on the CPU this costs nothing (torch.isfinite would allocate a tensor)
+            if (dev.type == "cpu" or step % 20 == 0) and not math.isfinite(loss_sum.item()):
                 raise DivergenceError(divergence_message(strategy, optimizer, exp, it, step, loss, precision))
             if cont:
                 cont.maybe_evaluate(strategy, step, exp.index + 1)

@@ -63,9 +63,10 @@ def make_strategy(name: str):
 
 
 # -- the data and initial weights, shared by both sides -------------------------------------------
-def prepare(device: torch.device, seed: int = 0, test_per_exp: int | None = None) -> dict:
-    """Both sides' data (``test_per_exp``: keep only the first test images of each experience)."""
-    data = mnist()
+def prepare(device: torch.device, seed: int = 0, test_per_exp: int | None = None, data=None) -> dict:
+    """Both sides' data (``test_per_exp``: keep only the first test images of each experience);
+    ``data``: the dataset (default MNIST; benchmarks/small_batch.py also uses digits)."""
+    data = mnist() if data is None else data
     stream = split_stream(data, scenario="class", n_experiences=N_EXP, seed=seed)
     if test_per_exp is not None:
         for e in stream:
@@ -83,7 +84,8 @@ def prepare(device: torch.device, seed: int = 0, test_per_exp: int | None = None
     torch.manual_seed(seed)
     model = build_model("mlp", stream.input_shape, stream.n_classes, "class", hidden=list(HIDDEN))
     init = {k: v.clone() for k, v in model.state_dict().items()}
-    return {"stream": stream, "plain": plain, "init": init, "device": device, "seed": seed}
+    return {"stream": stream, "plain": plain, "init": init, "device": device, "seed": seed,
+            "in_features": int(torch.tensor(stream.input_shape).prod())}
 
 
 # -- lifelong side -------------------------------------------------------------------------------

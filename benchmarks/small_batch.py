@@ -68,25 +68,8 @@ def make_strategy(name: str):
 
 
 def prepare(data_name: str, device: torch.device, seed: int, test_per_exp: int | None) -> dict:
-    data = {"digits": digits, "mnist": mnist}[data_name]()
-    stream = split_stream(data, scenario="class", n_experiences=N_EXP, seed=seed)
-    if test_per_exp is not None:
-        for e in stream:
-            e.test = Split(e.test.x[:test_per_exp], e.test.y[:test_per_exp])
-    stream = stream.to(device)
-    xtr, xte = data.train.x.float().div_(255.0), data.test.x.float().div_(255.0)
-    plain = []
-    for k in range(N_EXP):
-        cls = torch.tensor([2 * k, 2 * k + 1])
-        mtr, mte = torch.isin(data.train.y, cls), torch.isin(data.test.y, cls)
-        xt, yt = xte[mte][:test_per_exp], data.test.y[mte][:test_per_exp]
-        plain.append({"classes": cls.to(device), "x": xtr[mtr].to(device), "y": data.train.y[mtr].to(device),
-                      "xt": xt.to(device), "yt": yt.to(device)})
-    torch.manual_seed(seed)
-    model = build_model("mlp", stream.input_shape, stream.n_classes, "class", hidden=list(HIDDEN))
-    init = {k: v.clone() for k, v in model.state_dict().items()}
-    return {"stream": stream, "plain": plain, "init": init, "device": device, "seed": seed,
-            "in_features": int(torch.tensor(stream.input_shape).prod())}
+    """overhead.py's data for both sides, on digits or MNIST."""
+    return O.prepare(device, seed, test_per_exp, data={"digits": digits, "mnist": mnist}[data_name]())
 
 
 # -- lifelong side -------------------------------------------------------------------------------

@@ -44,7 +44,6 @@ import overhead as O  # noqa: E402  (plain_evaluate, _LossRecorder)
 from lifelong.data import digits, mnist  # noqa: E402
 from lifelong.models import build_model  # noqa: E402
 from lifelong.strategies import der, er, er_ace, finetune, mir  # noqa: E402
-from lifelong.streams import Split, split_stream  # noqa: E402
 from lifelong.training import train  # noqa: E402
 
 STRATEGIES = ("finetune", "er", "er_ace", "derpp", "mir")

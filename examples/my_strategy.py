@@ -22,7 +22,7 @@ from lifelong.strategies.er import ER
 
 
 class MyReplay(ER):
-    name = "er_ace"
+    name = "my_replay"  # the library has the full method as "er_ace"
     paper = "Caccia et al. 2022, New Insights on Reducing Abrupt Representation Change in Online CL (ICLR)"
     scenarios = ("class",)
 

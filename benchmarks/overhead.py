@@ -127,8 +127,9 @@ def lifelong_run(name: str, P: dict, iterations: int, batch_size: int, record: l
 
 
 # -- plain side: the same algorithm, by hand -----------------------------------------------------
-def plain_mlp() -> nn.Sequential:
-    d, layers = 28 * 28, [nn.Flatten()]
+def plain_mlp(d: int = 28 * 28) -> nn.Sequential:
+    """The MLP of lifelong's ``build_model("mlp", ...)`` as a plain Sequential (``d`` inputs)."""
+    layers = [nn.Flatten()]
     for h in HIDDEN:
         layers += [nn.Linear(d, h), nn.ReLU()]
         d = h
@@ -185,7 +186,7 @@ def plain_fisher(model, inactive, e, n, generator, device):
 def plain_run(name: str, P: dict, iterations: int, batch_size: int, record: list | None = None):
     device, exps, seed = P["device"], P["plain"], P["seed"]
     model = plain_mlp()
-    model.load_state_dict(_plain_state(P["init"]))
+    model.load_state_dict(plain_state(P["init"]))
     model.to(device)
 
     def go():
@@ -273,7 +274,7 @@ def plain_run(name: str, P: dict, iterations: int, batch_size: int, record: list
     return go
 
 
-def _plain_state(init: dict) -> dict:
+def plain_state(init: dict) -> dict:
     """lifelong's ContinualModel state -> the plain Sequential's (same tensors, other names)."""
     out = {}
     for k, v in init.items():

@@ -92,23 +92,7 @@ def lifelong_run(name: str, P: dict, iterations: int, batch_size: int, record: l
 
 
 # -- plain side ----------------------------------------------------------------------------------
-def plain_state(init: dict) -> dict:
-    out = {}
-    for k, v in init.items():
-        mod, _, attr = k.rpartition(".")
-        if mod.startswith("backbone.net."):
-            out[f"{mod.rpartition('.')[2]}.{attr}"] = v.clone()
-        elif mod == "head.linear":
-            out[f"{2 * len(HIDDEN) + 1}.{attr}"] = v.clone()
-    return out
-
-
-def plain_mlp(d: int) -> nn.Sequential:
-    layers = [nn.Flatten()]
-    for h in HIDDEN:
-        layers += [nn.Linear(d, h), nn.ReLU()]
-        d = h
-    return nn.Sequential(*layers, nn.Linear(d, N_CLASSES))
+plain_state, plain_mlp = O.plain_state, O.plain_mlp  # the same network and weights as overhead.py's
 
 
 def plain_run(name: str, P: dict, iterations: int, batch_size: int, record: list | None = None):

@@ -33,3 +33,29 @@ def write_user_module(tmp_path, monkeypatch):
         return module
 
     return write
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """The URL of a real PostgreSQL database for this test session (`tests/pg_server.py`: the
+    Debian package's server binaries in a temporary folder, as an unprivileged user when run
+    as root), stopped and removed at the end; ``LIFELONG_TEST_POSTGRES_URL`` names an existing
+    one instead (a CI service container). Skips, saying why and how to fix it, when no server
+    can be started."""
+    import os
+
+    external = os.environ.get("LIFELONG_TEST_POSTGRES_URL")
+    if external:
+        yield external
+        return
+    from pg_server import PostgresServer, Unavailable
+
+    server = PostgresServer()
+    try:
+        url = server.start()
+    except Unavailable as e:
+        pytest.skip(f"cannot start a PostgreSQL server for this test: {e}")
+    try:
+        yield url
+    finally:
+        server.stop()

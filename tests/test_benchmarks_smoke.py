@@ -73,3 +73,14 @@ def test_gpu_check_runs_its_checks_on_the_cpu(capsys):
 
     assert gpu_check.main(["--device", "cpu", "--quick", "--benchmark", "split-digits", "--quiet"]) == 0
     assert "OK: every model and strategy tensor on cpu" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # starts a process pool and a local Ray instance (about 30 s on a loaded 2-core machine)
+def test_ray_sweep_runs_both_executors_and_they_agree(tmp_path):
+    pytest.importorskip("ray")
+    import ray_sweep
+
+    out = ray_sweep.main(["--quick", "--runs", "4", "--iterations", "1", "--quiet", "--out", str(tmp_path / "r.json")])
+    assert set(out["executors"]) == {"process", "ray"} and out["runs"] == 4
+    assert out["summary"]["same_numbers"] is True
+    assert json.loads((tmp_path / "r.json").read_text())["benchmark"] == "ray_sweep"

@@ -180,6 +180,10 @@ class EvalConfig(BaseModel):
     subsample: int = Field(500, ge=1)
     split: Literal["test", "valid"] = "test"
     batch_size: int = Field(1000, ge=1)
+    # A model-selection run (a tuning trial): every evaluation (the accuracy matrix and the
+    # continual curve) reads the validation splits, and the test splits are removed from the
+    # stream before training, so nothing of them is read. Needs benchmark.val_fraction > 0.
+    selection: Optional[bool] = None  # None: false
 
 
 class TrackingConfig(BaseModel):
@@ -228,6 +232,13 @@ class RunConfig(BaseModel):
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: Optional[int] = Field(None, ge=1)  # torch intra-op threads; None: torch's default
+
+    @model_validator(mode="after")
+    def _selection_needs_validation(self):
+        if self.eval.selection and not self.benchmark.val_fraction:
+            raise ValueError("eval.selection evaluates on the validation splits, but benchmark.val_fraction is 0: "
+                             "set benchmark.val_fraction (e.g. 0.1)")
+        return self
 
     @model_validator(mode="after")
     def _online_is_one_pass(self):

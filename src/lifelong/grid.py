@@ -112,10 +112,11 @@ def run_one(item: tuple) -> dict:
         return {"error": f"{type(exc).__name__}: {exc}", "details": traceback.format_exc()}
 
 
-def execute(runs: Iterable[GridRun], executor: str = "sequential", workers: int = 2,
+def execute(runs: Iterable[GridRun], executor="sequential", workers: int = 2,
             on_start: Callable | None = None, on_done: Callable | None = None,
             monitor_for: Callable | None = None) -> GridReport:
-    """Run every run (finished ones are reused, interrupted ones resume); failures recorded."""
+    """Run every run (finished ones are reused, interrupted ones resume); failures recorded.
+    ``executor``: a name for :func:`lifelong.executor.get_executor`, or an executor object."""
     from .executor import get_executor
 
     runs = list(runs)
@@ -136,7 +137,8 @@ def execute(runs: Iterable[GridRun], executor: str = "sequential", workers: int 
             report.outcomes.append(_outcome(r, out, on_done))
     else:
         items = [(r.config, str(r.path)) for r in runs]
-        for r, out in zip(runs, get_executor(executor, workers).map(run_one, items)):
+        ex = get_executor(executor, workers) if isinstance(executor, str) else executor
+        for r, out in zip(runs, ex.map(run_one, items)):
             report.outcomes.append(_outcome(r, out, on_done))
     return report
 

@@ -22,6 +22,7 @@ from . import __version__
 from .config import RunConfig, parse_config, validate_strategy_params
 from .errors import ConfigError
 from .models import build_model
+from .sparse import run_costs, strategy_flops, strategy_masks
 from .strategies import Compose, get_strategy_class
 from .streams.presets import build_benchmark
 from .training import train
@@ -76,6 +77,9 @@ def run(config: RunConfig | dict, monitor=None, checkpointer=None, resume: dict 
         raise ConfigError(f"strategy '{strategy.name}' needs experience boundaries (it acts in before_experience, "
                           f"train_data or after_experience), so it cannot run with online.task_free: true")
     stream = build_benchmark(cfg.benchmark, cfg.seed)
+    selection = bool(cfg.eval.selection)
+    if selection:  # model selection: the test splits leave the run before anything trains
+        stream = stream.without_test()
     check_iterations(cfg.train.iterations, len(stream))
     if task_free and stream.scenario == "task":
         raise ConfigError("online.task_free applies to class- and domain-incremental streams; task-IL gives every "
@@ -96,7 +100,8 @@ def run(config: RunConfig | dict, monitor=None, checkpointer=None, resume: dict 
                    batch_size=cfg.online.batch_size if cfg.online else tc.batch_size,
                    iterations=tc.iterations, epochs=tc.epochs, seed=cfg.seed,
                    reset_optimizer=tc.reset_optimizer, eval_batch_size=cfg.eval.batch_size,
-                   eval_every=cfg.eval.every, eval_subsample=cfg.eval.subsample, eval_split=cfg.eval.split,
+                   eval_every=cfg.eval.every, eval_subsample=cfg.eval.subsample,
+                   eval_split="valid" if selection else cfg.eval.split, matrix_split="valid" if selection else "test",
                    monitor=monitor, schedule=build_run_schedule(tc, stream), grad_clip_norm=tc.grad_clip_norm,
                    precision=tc.precision or "fp32", record_grad_norms=bool(tc.record_grad_norms),
                    checkpointer=checkpointer, resume=resume, task_free=task_free,
@@ -111,6 +116,7 @@ def run(config: RunConfig | dict, monitor=None, checkpointer=None, resume: dict 
         "experiences": [{"index": e.index, "task_id": e.task_id, "classes": e.classes, "name": e.name,
                          "n_train": len(e.train), "n_valid": len(e.valid), "n_test": len(e.test)}
                         for e in stream],
+        "evaluated_on": "valid" if selection else "test",  # the split of the accuracy matrix
         "accuracy_matrix": result.accuracy_matrix,
         "task_aware_accuracy_matrix": result.task_aware_matrix,
         "task_agnostic_accuracy_matrix": result.task_agnostic_matrix,
@@ -125,6 +131,14 @@ def run(config: RunConfig | dict, monitor=None, checkpointer=None, resume: dict 
         "versions": {"lifelong": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "device": str(device),
     }
+    # parameters {total, nonzero} and flops {inference_per_sample, training} (lifelong.sparse)
+    out.update(run_costs(model, stream.input_shape, result.samples_trained, strategy_masks(strategy),
+                         task=stream.experiences[-1].task_id if stream.scenario == "task" else None,
+                         counted=strategy_flops(strategy)))
+    for m in getattr(strategy, "members", None) or [strategy]:  # a method's own count of what it trains and
+        if callable(getattr(m, "parameter_count", None)):  # stores, when not the model's parameters (hnet: the
+            out["parameters"].update(m.parameter_count())  # hypernetwork and embeddings; "trainable")
+            break
     if tc.record_grad_norms:
         out["grad_norms"] = result.grad_norms
     if result.online:  # the accuracy on each incoming batch before training on it

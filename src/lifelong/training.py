@@ -50,6 +50,7 @@ class RunResult:
     continual_eval_time_s: float = 0.0
     grad_norms: list = field(default_factory=list)  # with record_grad_norms: one per update
     online: list = field(default_factory=list)  # with online_accuracy: [hits, seen] per experience
+    samples_trained: int = 0  # samples of every training step, after augment (replayed ones count): training FLOPs
 
     @property
     def task_aware(self) -> bool:
@@ -73,7 +74,8 @@ def train(stream: Stream, strategy: Strategy, make_optimizer: Callable, *, batch
           eval_batch_size: int = 1000, eval_every: int | None = None, eval_subsample: int = 1000,
           eval_split: str = "test", monitor=None, schedule=None, grad_clip_norm: float | None = None,
           precision: str = "fp32", record_grad_norms: bool = False, checkpointer=None,
-          resume: dict | None = None, task_free: bool = False, online_accuracy: bool = False) -> RunResult:
+          resume: dict | None = None, task_free: bool = False, online_accuracy: bool = False,
+          matrix_split: str = "test") -> RunResult:
     """Train ``strategy`` (set up with its model) on every experience of ``stream`` in order,
     evaluating on all test experiences after each one and, with ``eval_every``, on a fixed
     subsample of the seen experiences every ``eval_every`` iterations (continual evaluation).
@@ -87,7 +89,8 @@ def train(stream: Stream, strategy: Strategy, make_optimizer: Callable, *, batch
     boundary reaches the strategy (no ``before_experience``/``train_data``/``after_experience``,
     ``context.experience`` is None, one optimizer for the stream, output units activate as their
     labels arrive); the evaluation still records the matrix at the hidden boundaries.
-    ``online_accuracy``: each incoming batch is first predicted (the online accuracy)."""
+    ``online_accuracy``: each incoming batch is first predicted (the online accuracy).
+    ``matrix_split``: the split the accuracy matrix is measured on (``valid`` in model selection)."""
     model, dev = strategy.model, strategy.device
     g = torch.Generator().manual_seed(seed)
     result = RunResult(stream.scenario)
@@ -102,7 +105,7 @@ def train(stream: Stream, strategy: Strategy, make_optimizer: Callable, *, batch
     if resume is None:
         t0 = time.perf_counter()
         result.initial_agnostic, result.initial_aware = evaluate(strategy, stream.experiences, eval_batch_size,
-                                                                 task_aware_predict=task_aware)
+                                                                 split=matrix_split, task_aware_predict=task_aware)
         result.eval_time_s += time.perf_counter() - t0
     else:
         start = resume_progress(resume, result, cont, ctx)
@@ -156,6 +159,7 @@ def train(stream: Stream, strategy: Strategy, make_optimizer: Callable, *, batch
             if task_free:
                 observe_labels(model, batch)
             batch = strategy.augment(batch)
+            result.samples_trained += len(batch.y)  # a host int: no device sync
             with amp.autocast():
                 logits = strategy.forward(batch)
                 loss = strategy.loss(logits, batch)
@@ -196,7 +200,8 @@ def train(stream: Stream, strategy: Strategy, make_optimizer: Callable, *, batch
         result.boundaries.append(ctx.step)
         result.losses.append(loss_sum.item() / max(n_iters, 1))
         t1 = time.perf_counter()
-        agn, awr = evaluate(strategy, stream.experiences, eval_batch_size, task_aware_predict=task_aware)
+        agn, awr = evaluate(strategy, stream.experiences, eval_batch_size, split=matrix_split,
+                            task_aware_predict=task_aware)
         result.task_agnostic_matrix.append(agn)
         result.task_aware_matrix.append(awr)
         t2 = time.perf_counter()

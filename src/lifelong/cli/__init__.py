@@ -8,6 +8,8 @@
 | ``report.py`` | ``lifelong report``: HTML report of run folders |
 | ``reproduce.py`` | ``lifelong reproduce``: a paper's table and a verdict per cell |
 | ``adapt.py`` | ``lifelong adapt``: test-time adaptation on a corrupted stream |
+| ``tune.py`` | ``lifelong tune``: hyper-parameter search under an honest protocol |
+| ``results.py`` | ``lifelong results``: list and compare studies, trials and runs; CSV export |
 | ``tables.py`` | rendering: results, metrics, parameter and verdict tables |
 | ``console.py`` | the consoles and progress displays |
 
@@ -27,6 +29,8 @@ from .listing import list_cmd
 from .report import report_cmd
 from .reproduce import reproduce_cmd
 from .run import run_cmd
+from .results import results_cmd
+from .tune import tune_cmd
 from .sweep import parse_seeds
 
 _parse_seeds = parse_seeds  # the old private name (benchmarks/ scripts import it)
@@ -38,7 +42,7 @@ def cli():
     """lifelong: continual learning on PyTorch."""
 
 
-for _command in (run_cmd, list_cmd, report_cmd, reproduce_cmd, adapt_cmd):
+for _command in (run_cmd, list_cmd, report_cmd, reproduce_cmd, adapt_cmd, tune_cmd, results_cmd):
     cli.add_command(_command)
 
 

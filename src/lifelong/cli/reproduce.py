@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from .options import apply_trust, trust_options
+from .options import apply_trust, executor_from_options, executor_options, trust_options
 
 from ..errors import ConfigError
 from .console import ReproduceProgress, console, err_console
@@ -26,18 +26,17 @@ from .tables import protocols_table, verdict_tables
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="Cache and report folder (default runs/reproduce/<protocol>, or <protocol>-modified). "
                    "Finished runs in it are reused.")
-@click.option("--executor", type=click.Choice(["sequential", "process"]), default="sequential", show_default=True)
-@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Processes for --executor process.")
+@executor_options
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @trust_options
-def reproduce_cmd(protocol, list_only, seeds, scenarios, methods, overrides, out_dir, executor, workers, quiet,
-                  allow_module, trust_config):
+def reproduce_cmd(protocol, list_only, seeds, scenarios, methods, overrides, out_dir, executor, workers, ray_address,
+                  cpus_per_run, gpus_per_run, quiet, allow_module, trust_config):
     """Reproduce a paper's table from a protocol (a shipped NAME or a .yaml PATH) and give a verdict per cell.
 
     A cell passes when our mean is within 3 accuracy points of the published value, or within two
     standard errors of our mean, whichever is larger. Exits with status 1 when any cell fails."""
     apply_trust(allow_module, trust_config)
+    executor = executor_from_options(executor, workers, ray_address, cpus_per_run, gpus_per_run)
     from ..reproduce import FAIL, MODIFIED_BANNER, PASS, available_protocols, load_protocol, reproduce
 
     if list_only:

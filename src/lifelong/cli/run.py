@@ -1,15 +1,14 @@
 """``lifelong run``: one run, or a sweep of strategies x seeds with a summary over seeds."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
 from ..errors import ConfigError
 from .console import RichMonitor, console, err_console
-from .options import apply_trust, trust_options
-from .sweep import default_out, expand, parse_seeds, parse_value, run_paths, summary_markdown, summary_rows
+from .options import apply_trust, executor_from_options, executor_options, trust_options
+from .sweep import apply_flags, default_out, expand, parse_seeds, run_paths, summary_markdown, summary_rows
 from .tables import metrics_table, results_table
 
 
@@ -29,28 +28,25 @@ from .tables import metrics_table, results_table
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override any config key, e.g. --set train.lr=0.01 --set strategy.ewc_lambda=1e5.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Run folder (must not exist or be empty).")
-@click.option("--executor", type=click.Choice(["sequential", "process"]), default="sequential", show_default=True,
-              help="How several runs (seeds x strategies) are executed.")
-@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Processes for --executor process.")
+@executor_options
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @trust_options
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False),
               help="Continue the run or sweep in this folder from its last checkpoints (a plain rerun of the "
                    "same command does the same).")
 def run_cmd(config_file, benchmark, scenario, strategy, seed, seeds, iterations, epochs, data_dir, device, overrides,
-            out_dir, executor, workers, quiet, resume_dir, allow_module, trust_config):
+            out_dir, executor, workers, ray_address, cpus_per_run, gpus_per_run, quiet, resume_dir, allow_module,
+            trust_config):
     """Train a strategy on a benchmark and report its accuracy matrix and metrics.
 
     A run saves checkpoints as it goes; rerunning the same command (or --resume FOLDER) after an
     interruption continues from the last one, and a sweep rerun into its folder reuses its
     finished runs."""
-    from ..config import load_config_file, set_key
-    from ..executor import get_executor
-    from ..io import atomic_write_json, atomic_write_text
+    from ..config import load_config_file
     from ..runner import run_to_folder
 
     apply_trust(allow_module, trust_config)
+    executor = executor_from_options(executor, workers, ray_address, cpus_per_run, gpus_per_run)
     if resume_dir:
         given = [n for n, v in (("--config", config_file), ("--benchmark", benchmark), ("--scenario", scenario),
                                 ("--strategy", strategy), ("--seed", seed), ("--seeds", seeds),
@@ -63,16 +59,9 @@ def run_cmd(config_file, benchmark, scenario, strategy, seed, seeds, iterations,
     if seed is not None and seeds:
         raise ConfigError(f"give --seed or --seeds, not both (got --seed {seed} and --seeds {seeds})")
     data = load_config_file(config_file) if config_file else {}
-    for key, val in (("benchmark.name", benchmark), ("benchmark.scenario", scenario), ("seed", seed),
-                     ("train.iterations", iterations), ("train.epochs", epochs), ("benchmark.data_dir", data_dir),
-                     ("device", device)):
-        if val is not None:
-            set_key(data, key, val)
-    for ov in overrides:
-        if "=" not in ov:
-            raise ConfigError(f"--set expects KEY=VALUE, got '{ov}'")
-        k, v = ov.split("=", 1)
-        set_key(data, k.strip(), parse_value(v))
+    apply_flags(data, (("benchmark.name", benchmark), ("benchmark.scenario", scenario), ("seed", seed),
+                       ("train.iterations", iterations), ("train.epochs", epochs), ("benchmark.data_dir", data_dir),
+                       ("device", device)), overrides)
     strategies = [s.strip() for s in strategy.split(",")] if strategy else None
     # every run is validated (keys, ranges, benchmark keys, scenario support) before the first starts
     configs = [c.to_dict() for c in expand(data, strategies, parse_seeds(seeds) if seeds else None)]
@@ -88,8 +77,12 @@ def run_cmd(config_file, benchmark, scenario, strategy, seed, seeds, iterations,
     from ..grid import GridRun, open_grid
 
     runs = [GridRun(c, p, f"{c['strategy']['name']} seed {c['seed']}") for c, p in zip(configs, run_paths(base, configs))]
-    open_grid(base, runs)  # this sweep's folder (continued) or a new one; anything else is refused
-    _sweep(base, runs, executor, workers, quiet)
+    getattr(executor, "connect", lambda: None)()  # Ray starts (or a bad address is refused) before any folder
+    try:
+        open_grid(base, runs)  # this sweep's folder (continued) or a new one; anything else is refused
+        _sweep(base, runs, executor, workers, quiet)
+    finally:
+        getattr(executor, "close", lambda: None)()
 
 
 def _sweep(base, runs, executor, workers, quiet):

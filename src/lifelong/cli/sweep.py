@@ -30,6 +30,22 @@ def parse_value(text: str):
     return value
 
 
+def apply_flags(data: dict, flags, overrides) -> dict:
+    """Set each ``(dotted key, value)`` of ``flags`` whose value was given, then each
+    ``--set KEY=VALUE`` of ``overrides`` (values read by :func:`parse_value`), in ``data``."""
+    from ..config import set_key
+
+    for key, val in flags:
+        if val is not None:
+            set_key(data, key, val)
+    for ov in overrides:
+        if "=" not in ov:
+            raise ConfigError(f"--set expects KEY=VALUE, got '{ov}'")
+        k, v = ov.split("=", 1)
+        set_key(data, k.strip(), parse_value(v))
+    return data
+
+
 def parse_seeds(text: str) -> list[int]:
     """``--seeds``: ``"0,1,2"`` or an inclusive range ``"0-4"``; no seed twice, none negative."""
     try:

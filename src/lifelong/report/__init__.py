@@ -17,6 +17,10 @@ Everything is read and drawn before anything is written, so a bad input leaves n
 report. An existing non-empty output folder is only written to with ``force=True``, and then
 only ``report.html`` and the PNG files of this report are replaced.
 
+A tune folder (``lifelong tune --out``) adds a tuning section: protocol (a TUNED ON TEST banner
+when so), phase-1-vs-phase-2 rankings, each study's trials and hyper-parameter importance; its
+phase-2 runs are the report's runs, its trials are not (:mod:`.tuning`).
+
 The package is split where the jobs are: :mod:`.data` (reading, checking, labelling and
 grouping run folders; derived curves), :mod:`.figures` (matplotlib), :mod:`.page` (the HTML)
 and :mod:`.writer` (the entry point and the output folder rules).

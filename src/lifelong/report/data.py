@@ -27,6 +27,7 @@ class Run:
     boundaries: list[int] | None = None
     label: str = ""
     slug: str = ""
+    tag: str = ""                   # where it comes from when that tells runs apart (a tune folder's name)
     figures: dict[str, tuple[str, bytes, tuple[int, int]]] = field(default_factory=dict)
 
     @property
@@ -39,6 +40,10 @@ class Run:
         if isinstance(cfg, dict) and isinstance(cfg.get("strategy"), dict) and cfg["strategy"].get("name"):
             return str(cfg["strategy"]["name"])
         return str(self.res.get("strategy", "?"))
+
+    @property
+    def display_name(self) -> str:
+        return self.strategy_name + (f" ({self.tag})" if self.tag else "")
 
     @property
     def group_key(self) -> str:
@@ -155,7 +160,7 @@ def _slug(text: str) -> str:
 
 
 def _label(runs: list[Run]) -> None:
-    labels = [f"{r.strategy_name} seed {r.res.get('seed', '?')}" for r in runs]
+    labels = [f"{r.display_name} seed {r.res.get('seed', '?')}" for r in runs]
     if len(set(labels)) < len(labels):  # same strategy and seed: tell them apart by benchmark, then folder
         labels = [f"{r.res.get('benchmark', '?')} {lab}" for r, lab in zip(runs, labels)]
     if len(set(labels)) < len(labels):
@@ -178,7 +183,7 @@ def group_runs(runs: list[Run]) -> list[tuple[str, list[Run]]]:
     for r in runs:
         groups.setdefault(r.group_key, []).append(r)
     items = list(groups.values())
-    labels = [rs[0].strategy_name for rs in items]
+    labels = [rs[0].display_name for rs in items]
     if len(set(labels)) < len(labels):
         labels = [str(rs[0].res.get("strategy", rs[0].strategy_name)) for rs in items]
     if len(set(labels)) < len(labels) and len({rs[0].res.get("benchmark") for rs in items}) > 1:

@@ -13,6 +13,7 @@ import re
 from .. import __version__
 from ..stats import format_mean_std
 from .data import Run, _is_num, _show_path
+from .tuning import CSS as TUNING_CSS, render_tuning
 
 # (key, label, kind) kind: "pct" -> shown as percent, "s" -> seconds, "int" -> integer
 METRICS = [
@@ -225,10 +226,12 @@ def _compare_table(runs: list[Run], groups: list[tuple[str, list[Run]]]) -> str:
 
 
 def render_html(runs: list[Run], compare: tuple[str, bytes, tuple[int, int]] | None,
-                groups: list[tuple[str, list[Run]]]) -> str:
-    n_figs = 3 * len(runs) + (1 if compare else 0)
+                groups: list[tuple[str, list[Run]]], tunes=()) -> str:
+    """``tunes``: `report.tuning.TuneView` of each tune folder, shown first (their runs are in ``runs``)."""
+    n_figs = 3 * len(runs) + (1 if compare else 0) + sum(
+        (t.ranks_figure is not None) + sum(sv.figure is not None for sv in t.studies) for t in tunes)
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    parts = []
+    parts = [render_tuning(t, _img) for t in tunes]
     if len(runs) > 1:
         toc = "".join(f"<li><a href='#run-{i}'>{_e(r.label)}</a> · {_e(r.res.get('benchmark', '?'))}</li>"
                       for i, r in enumerate(runs, start=1))
@@ -244,6 +247,9 @@ def render_html(runs: list[Run], compare: tuple[str, bytes, tuple[int, int]] | N
 </section>""")
     parts += [_run_section(i, r) for i, r in enumerate(runs, start=1)]
     title = "lifelong report" + (f": {runs[0].label}" if len(runs) == 1 else f": {len(runs)} runs")
+    if tunes:
+        title = "lifelong report: " + ", ".join(f"tune {t.tune.path.name}" for t in tunes) + (
+            f" ({len(runs)} runs)" if runs else "")
     return f"""<!doctype html>
 <html lang="en">
 <head>
@@ -251,7 +257,7 @@ def render_html(runs: list[Run], compare: tuple[str, bytes, tuple[int, int]] | N
 <meta http-equiv="Content-Security-Policy" content="{CSP}">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{_e(title)}</title>
-<style>{CSS}</style>
+<style>{CSS}{TUNING_CSS if tunes else ""}</style>
 </head>
 <body data-figures="{n_figs}">
 <header>

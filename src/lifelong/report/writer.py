@@ -1,15 +1,19 @@
 """The entry point: read every run, draw every figure and render the page before anything is
 written (a bad input leaves no half report), then write ``report.html`` and the PNG files, each
-atomically. An existing non-empty output folder is only written to with ``force=True``."""
+atomically. An existing non-empty output folder is only written to with ``force=True``.
+
+A tune folder among the inputs adds its tuning section (:mod:`.tuning`) and brings its phase-2
+runs as runs of the report; its trials' run folders appear only in the trials tables."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..errors import LifelongError
 from ..io import atomic_write_bytes
-from .data import group_runs, load_runs
+from .data import _label as relabel, group_runs, load_runs
 from .figures import _png, fig_compare, fig_curves, fig_forgetting, fig_matrix
 from .page import render_html
+from .tuning import fig_ranks, fig_trials, is_tune_folder, load_tuning, phase2_run_dirs, rank_columns
 
 REPORT_NAME = "report.html"
 
@@ -37,7 +41,15 @@ def write_report(run_dirs: list[Path], out: Path | None = None, *, force: bool =
     run_dirs = [Path(p) for p in run_dirs]
     out = Path(out) if out is not None else default_out(run_dirs)
     _check_out(out, force)
-    runs = load_runs(run_dirs)
+    tunes = [load_tuning(p) for p in run_dirs if is_tune_folder(p)]
+    others = [p for p in run_dirs if not is_tune_folder(p)]
+    phase2 = {d: t.tune.path.name for t in tunes for d in phase2_run_dirs(t.tune)}  # a tune's runs, not its trials
+    runs = load_runs(others + list(phase2)) if others or phase2 or not tunes else []
+    if len(tunes) > 1 or (tunes and others):
+        where = {d.resolve(): name for d, name in phase2.items()}
+        for r in runs:  # "ewc (tune-a)", "ewc (tune-b)": the same strategy from two tunes
+            r.tag = where.get(r.path.resolve(), "")
+        relabel(runs)
     files: dict[str, bytes] = {}
 
     def draw(fig, name):
@@ -49,9 +61,19 @@ def write_report(run_dirs: list[Path], out: Path | None = None, *, force: bool =
         r.figures["matrix"] = draw(fig_matrix(r), f"{r.slug}-matrix.png")
         r.figures["curves"] = draw(fig_curves(r), f"{r.slug}-curves.png")
         r.figures["forgetting"] = draw(fig_forgetting(r), f"{r.slug}-forgetting.png")
+    for k, t in enumerate(tunes, start=1):
+        t.slug = f"tune{k:02d}"
+        for j, sv in enumerate(t.studies, start=1):
+            if sv.trials:
+                sv.figure = draw(fig_trials(sv.trials, str(t.tune.summary.get("direction")),
+                                            str(t.tune.summary.get("objective", "")), sv.entry["name"]),
+                                 f"{t.slug}-study{j:02d}-trials.png")
+        cols = rank_columns(t.tune.summary)
+        if cols and len({s for _, _, r in cols for s in r}) >= 2:
+            t.ranks_figure = draw(fig_ranks(t.tune.summary), f"{t.slug}-ranks.png")
     groups = group_runs(runs)
     compare = draw(fig_compare(groups), "comparison-average-accuracy.png") if len(runs) > 1 else None
-    page = render_html(runs, compare, groups)
+    page = render_html(runs, compare, groups, tunes)
     _check_out(out, force)
     out.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():

@@ -42,7 +42,7 @@ def default_out(protocol: Protocol, modified: bool) -> Path:
 
 
 def reproduce(protocol: Protocol | str, *, seeds=None, scenarios=None, methods=None, overrides: Iterable = (),
-              out: Optional[str | Path] = None, executor: str = "sequential", workers: int = 2,
+              out: Optional[str | Path] = None, executor="sequential", workers: int = 2,
               hooks: Optional[_Hooks] = None) -> Reproduction:
     """Expand, run what is not cached (through the executor), summarize, write results.md/.json."""
     from ..executor import SequentialExecutor, get_executor
@@ -50,7 +50,8 @@ def reproduce(protocol: Protocol | str, *, seeds=None, scenarios=None, methods=N
     protocol = protocol if isinstance(protocol, Protocol) else load_protocol(protocol)
     overrides = [o if isinstance(o, Override) else parse_override(o) for o in overrides]
     if not any(o.key == "threads" for o in overrides):  # small models: one thread per run scales best
-        n = max(1, (os.cpu_count() or 1) // max(workers, 1)) if executor == "process" else 1
+        n = max(1, (os.cpu_count() or 1) // max(workers, 1)) if executor == "process" else \
+            getattr(executor, "threads_per_run", 1)  # a Ray executor: its --cpus-per-run
         overrides.append(Override("threads", n))
     specs = expand(protocol, seeds, scenarios, methods, overrides)
     modified = modified_by(protocol, specs, seeds, scenarios, methods)

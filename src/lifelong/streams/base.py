@@ -85,6 +85,16 @@ class Stream:
             out[e.task_id] = sorted(set(out[e.task_id]) | set(e.classes))
         return out
 
+    def without_test(self) -> "Stream":
+        """This stream with every test split replaced by an empty one (a model-selection run:
+        what a hyper-parameter search may see). The test tensors are not read."""
+        def empty(s: Split) -> Split:
+            return Split(s.x[:0], s.y[:0], None if s.t is None else s.t[:0])
+
+        exps = [Experience(e.index, e.task_id, e.classes, e.train, e.valid, empty(e.valid), e.name, e.iterations)
+                for e in self.experiences]
+        return Stream(self.name, self.scenario, exps, self.n_classes, self.input_shape, dict(self.info))
+
     def to(self, device) -> "Stream":
         return Stream(self.name, self.scenario, [e.to(device) for e in self.experiences], self.n_classes,
                       self.input_shape, dict(self.info))

@@ -145,6 +145,20 @@ def cosine_fraction(t: float, total: float, initial: float, minimum: float = 0.0
     return float(minimum + (initial - minimum) * (1 + math.cos(math.pi * t / total)) / 2)
 
 
+def largest(scores: torch.Tensor, n: int) -> torch.Tensor:
+    """A bool mask of exactly the ``n`` largest entries of ``scores`` (ties at the threshold: the
+    first in memory order). A selection (``kthvalue``), cheaper than ``topk`` when ``n`` is large."""
+    flat = scores.flatten()
+    n = max(0, min(int(n), flat.numel()))
+    if n == 0:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    threshold = torch.kthvalue(flat, flat.numel() - n + 1).values
+    out = flat > threshold
+    ties = torch.nonzero(flat == threshold).flatten()[: n - int(out.sum())]
+    out[ties] = True
+    return out.view(scores.shape)
+
+
 # --------------------------------------------------------------------------- masks
 class SparseMasks:
     """Boolean masks over the weights of ``model``'s Linear/Conv2d layers (see the module
@@ -301,7 +315,7 @@ class SparseMasks:
             active = int(mask.sum())
             removed[k] = max(active - n, 0)
             if removed[k]:
-                self._set(k, self._top(scores[k].detach(), mask, n), optimizer)
+                self._set(k, largest(scores[k].detach().float().masked_fill(~mask, float("-inf")), n), optimizer)
         return removed
 
     def prune_to(self, density: float, criterion: str = "magnitude", scope: str = "global", optimizer=None) -> None:
@@ -416,11 +430,9 @@ def strategy_masks(strategy) -> list:
     composition; empty for a dense method."""
     found = []
     for m in getattr(strategy, "members", None) or [strategy]:
-        masks = getattr(m, "masks_", None)
-        if masks is None and callable(getattr(m, "sparsity_masks", None)):
-            masks = m.sparsity_masks()
-        if masks is not None:
-            found.extend(masks if isinstance(masks, (list, tuple)) else [masks])
+        masks = m.sparsity_masks() if callable(getattr(m, "sparsity_masks", None)) else getattr(m, "masks_", None)
+        if isinstance(masks, (SparseMasks, dict)):  # another kind of ``masks_`` (a method's own) is not ours to read
+            found.append(masks)
     return found
 
 
@@ -450,4 +462,5 @@ def run_costs(model: nn.Module, input_shape: Sequence[int], samples_trained: int
 
 
 __all__ = ["SparseMasks", "count_parameters", "cosine_fraction", "cubic_sparsity", "erk_densities",
-           "forward_flops", "prunable_layers", "run_costs", "strategy_flops", "strategy_masks", "uniform_densities"]
+           "forward_flops", "largest", "prunable_layers", "run_costs", "strategy_flops", "strategy_masks",
+           "uniform_densities"]

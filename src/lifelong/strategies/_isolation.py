@@ -76,3 +76,31 @@ def zero_grad_where(p: torch.Tensor, frozen: torch.Tensor | None) -> None:
         p.grad.zero_()
     else:
         p.grad.masked_fill_(frozen, 0.0)
+
+
+@torch.no_grad()
+def predict_with_task_weights(model, x, task, finished: list, backbone_weights) -> torch.Tensor:
+    """Task-IL prediction of the isolation methods: each sample of a finished task (one of
+    ``finished``, the task ids in arrival order) runs the backbone with that task's weights
+    (``backbone_weights(position)``: {parameter name: tensor} for ``functional_call``); a sample of
+    the task in training, or of one not seen yet, runs the network as it is. Without task ids:
+    the network as it is."""
+    from torch.func import functional_call
+
+    if task is None:
+        return model(x, None)
+    task = torch.as_tensor(task, device=x.device)
+    if task.ndim == 0:
+        task = task.expand(len(x))
+    out = None
+    for t in torch.unique(task).tolist():
+        rows = torch.nonzero(task == t).flatten()
+        if t in finished:
+            h = functional_call(model.backbone, backbone_weights(finished.index(t)), (x[rows],))
+            logits = model.head(h, task[rows])
+        else:
+            logits = model(x[rows], task[rows])
+        if out is None:
+            out = logits.new_full((len(x), logits.shape[1]), float("-inf"))
+        out[rows] = logits
+    return out

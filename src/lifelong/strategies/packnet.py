@@ -44,10 +44,9 @@ from typing import Annotated
 
 import torch
 from pydantic import Field
-from torch.func import functional_call
 
 from ..errors import ConfigError
-from ._isolation import Frozen, check_model, head_parameters, weight_layers, zero_grad_where
+from ._isolation import Frozen, check_model, head_parameters, predict_with_task_weights, weight_layers, zero_grad_where
 from .base import Strategy
 
 
@@ -166,27 +165,8 @@ class PackNet(Strategy):
                                                                             device=m.weight.device))
         return out
 
-    @torch.no_grad()
     def predict(self, x, task=None):
-        if task is None:
-            return self.model(x, None)
-        task = torch.as_tensor(task, device=x.device)
-        if task.ndim == 0:
-            task = task.expand(len(x))
-        out = None
-        for t in torch.unique(task).tolist():
-            rows = torch.nonzero(task == t).flatten()
-            done = t in self.tasks_[:self.finished_]
-            if done:
-                params = self._task_weights(self.tasks_.index(t) + 1)
-                h = functional_call(self.model.backbone, params, (x[rows],))
-                logits = self.model.head(h, task[rows])
-            else:  # the task in training (or one not seen yet): the network as it is
-                logits = self.model(x[rows], task[rows])
-            if out is None:
-                out = logits.new_full((len(x), logits.shape[1]), float("-inf"))
-            out[rows] = logits
-        return out
+        return predict_with_task_weights(self.model, x, task, self.tasks_[:self.finished_], lambda pos: self._task_weights(pos + 1))
 
     def sparsity_masks(self) -> dict[str, torch.Tensor]:
         """The weights in use (owned by a task), by parameter name in the model: what a run's

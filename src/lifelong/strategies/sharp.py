@@ -124,6 +124,11 @@ class SHARP(Strategy):
         self.n_experiences_ = 0
         return self
 
+    def sparsity_masks(self) -> dict:
+        """The sparse connectivity, by parameter name, for the run's parameter and FLOP counts."""
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        return {names[id(lin.weight)]: mask for lin, mask in zip(self._linears, self.masks_)}
+
     @torch.no_grad()
     def _prune(self):
         """Apply the initial masks, scaling the kept weights by 1/sqrt(density) so the

@@ -321,6 +321,7 @@ def test_a_killed_tune_resumes_without_redoing_finished_trials(tmp_path):
     assert res["checkpoints"]["resumed_from"] is not None  # the run continued from its checkpoint
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # ask-and-tell with a heartbeat storage, as the driver
 def test_a_trial_of_a_dead_driver_on_another_machine_is_retried_after_its_heartbeat_stops(tmp_path):
     import time
     import warnings

@@ -218,7 +218,7 @@ class HyperInterval(Strategy):
     scenarios = ("task",)
 
     def __init__(self, hyperinterval_emb_dim: Annotated[int, Field(ge=1)] = 24,
-                 hyperinterval_hidden: list[Annotated[int, Field(ge=1)]] = (100,),
+                 hyperinterval_hidden: tuple[Annotated[int, Field(ge=1)], ...] = (100,),
                  hyperinterval_eps: Annotated[float, Field(ge=0)] = 10.0,
                  hyperinterval_beta: Annotated[float, Field(ge=0)] = 0.001,
                  hyperinterval_kappa: Annotated[float, Field(ge=0, le=1)] = 0.5,

@@ -7,7 +7,6 @@ import torch
 
 from lifelong import metrics
 from lifelong.config import StrategyConfig, validate_strategy_params
-from lifelong.data import digits
 from lifelong.errors import ConfigError
 from lifelong.models import build_model
 from lifelong.sparse import count_parameters, erk_densities, strategy_masks
@@ -15,27 +14,14 @@ from lifelong.strategies import Compose, get_strategy_class
 from lifelong.strategies._isolation import Frozen
 from lifelong.strategies.base import StepContext
 from lifelong.strategies.dstcl import DSTCL
-from lifelong.streams import split_stream
 from lifelong.training import train
-
-
-def _stream(seed=0):
-    return split_stream(digits(), scenario="task", n_experiences=5, seed=seed)
+from test_isolation import _forgets, _stream
+from test_isolation import _run as isolation_run
 
 
 def _run(strategy, iterations=100, optimizer=None, reset=True, seed=0, hidden=(100, 100)):
-    stream = _stream(seed)
-    torch.manual_seed(seed)
-    model = build_model("mlp", stream.input_shape, stream.n_classes, "task", hidden=list(hidden))
-    strategy.setup(model, "cpu", seed)
-    opt = optimizer or (lambda p: torch.optim.Adam(p, lr=1e-2))
-    res = train(stream, strategy, opt, batch_size=32, iterations=iterations, seed=seed, reset_optimizer=reset)
-    return res.accuracy_matrix
-
-
-def _forgets(R) -> float:
-    """The largest change of an experience's accuracy after it was trained."""
-    return max(abs(R[i][j] - R[j][j]) for j in range(len(R)) for i in range(j, len(R)))
+    return isolation_run(strategy, iterations=iterations, optimizer=optimizer, reset=reset, seed=seed,
+                         hidden=list(hidden))
 
 
 # -- the guarantee, and the accuracy --------------------------------------------------------------

@@ -3,7 +3,6 @@ and prunes by the lowest |w| + lambda |grad|; DDR's removed samples are never tr
 masked gradients are zero and those weights do not move), the FLOPs are counted step by step,
 every part off is DER++ bit for bit, bad values are refused, and it resumes bit for bit with
 every part acting inside an experience."""
-import io
 
 import pytest
 import torch
@@ -19,6 +18,7 @@ from lifelong.strategies.base import StepContext
 from lifelong.strategies.sparcl import SparCL
 from lifelong.streams import split_stream
 from lifelong.training import train
+from test_resume import InMemory
 
 OFF = dict(sparcl_sparsity=0.0, sparcl_tdm=False, sparcl_ddr=False, sparcl_dgm=False, sparcl_current_task_ce=False)
 
@@ -231,23 +231,9 @@ def test_largest_picks_exactly_n_even_with_ties():
     assert int(largest(x, 4).sum()) == 4 and int(largest(x, 0).sum()) == 0
 
 
-class Snapshots:
-    def __init__(self, every):
-        self.every, self.snaps = every, []
-
-    def due(self, step):
-        return step % self.every == 0
-
-    def save(self, snap):
-        buf = io.BytesIO()
-        torch.save(snap, buf)
-        buf.seek(0)
-        self.snaps.append(torch.load(buf, weights_only=True))
-
-
 def test_resumes_bit_for_bit_with_every_part_acting_inside_experiences():
     params = dict(iterations=20, sparcl_dgm_every=3, sparcl_mask_updates=5, sparcl_ddr_end=0.8)
-    ck = Snapshots(7)
+    ck = InMemory(7)
     ref, res, _ = _fit(checkpointer=ck, **params)
     inside = [snap for snap in ck.snaps if snap["next"][1] > 0]
     for snap in inside[:1] + inside[-1:]:

@@ -128,6 +128,15 @@ def test_ray_options_need_the_ray_executor(tmp_path, capsys):
     assert code == 2 and "--ray-address is for --executor ray" in " ".join(err.split())
 
 
+@pytest.mark.parametrize("prefix", ["../escape", "", "a b", "x/y"])
+def test_a_study_prefix_that_is_no_plain_name_is_refused(tmp_path, capsys, prefix):
+    spec = write_spec(tmp_path)
+    code, _, err = run_cli(["tune", "--spec", str(spec), "--strategy", "er", "--study-prefix", prefix,
+                            "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "--study-prefix" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
 def test_a_folder_of_another_spec_is_refused(tmp_path, capsys):
     out = tmp_path / "o"
     out.mkdir()

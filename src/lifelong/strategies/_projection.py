@@ -60,15 +60,11 @@ def input_dim(module: nn.Module) -> int:
 
 
 @torch.no_grad()
-def layer_inputs(model: nn.Module, x: torch.Tensor, t: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    """Run the model (eval mode, no gradient) and return each Linear/Conv2d layer's input rows,
-    keyed by module name; layers that did not run (other tasks' heads) are absent."""
-    seen: dict[str, list] = {}
-    handles = []
-    for name, m in model.named_modules():
-        if isinstance(m, (nn.Linear, nn.Conv2d)):
-            handles.append(m.register_forward_hook(
-                lambda mod, inp, out, name=name: seen.setdefault(name, []).append(rows(mod, inp[0]))))
+def observe_layers(model: nn.Module, x: torch.Tensor, t: torch.Tensor | None, hook) -> None:
+    """Run the model once (eval mode, no gradient) with ``hook(name, module, input)`` called on
+    every Linear/Conv2d layer that runs; the model's mode and hooks are restored after."""
+    handles = [m.register_forward_hook(lambda mod, inp, out, name=name: hook(name, mod, inp[0]))
+               for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     was_training = model.training
     model.eval()
     try:
@@ -77,6 +73,13 @@ def layer_inputs(model: nn.Module, x: torch.Tensor, t: torch.Tensor | None) -> d
         model.train(was_training)
         for h in handles:
             h.remove()
+
+
+def layer_inputs(model: nn.Module, x: torch.Tensor, t: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Each Linear/Conv2d layer's input rows over one forward pass (:func:`observe_layers`), keyed
+    by module name; layers that did not run (other tasks' heads) are absent."""
+    seen: dict[str, list] = {}
+    observe_layers(model, x, t, lambda name, mod, inp: seen.setdefault(name, []).append(rows(mod, inp)))
     return {n: torch.cat(r) for n, r in seen.items()}
 
 

@@ -187,20 +187,9 @@ class HLOP(Strategy):
         self.tasks_ = int(state["tasks"])
 
 
-@torch.no_grad()
 def _input_layers(model, x, t) -> list[str]:
     """The Linear/Conv2d layers whose input is the network's input itself (up to a reshape)."""
     out = []
-    handles = [m.register_forward_hook(lambda mod, inp, o, name=name: out.append(name)
-                                       if inp[0].numel() == x.numel() and torch.equal(inp[0].flatten(), x.flatten())
-                                       else None)
-               for name, m in model.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
-    was_training = model.training
-    model.eval()
-    try:
-        model(x, t)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    proj.observe_layers(model, x, t, lambda name, mod, inp: out.append(name) if inp.numel() == x.numel()
+                        and torch.equal(inp.flatten(), x.flatten()) else None)
     return out

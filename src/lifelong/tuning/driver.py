@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 import warnings
@@ -250,6 +251,9 @@ def tune(spec: TuneSpec, out: Path, strategies: list[str] | None = None, *, stor
     from ..studystore import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own log says what each trial gave
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", study_prefix or ""):
+        raise ConfigError(f"--study-prefix '{study_prefix}': use letters, digits, '_', '.' and '-' (it names the "
+                          "studies and their folders), e.g. tune or lab-2026")
     space = SearchSpace.parse(spec.space, spec.strategies)
     targets = plan(spec, space, strategies, allow_tune_on_test)  # everything checked before any trial
     out = Path(out)

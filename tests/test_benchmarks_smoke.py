@@ -84,3 +84,18 @@ def test_ray_sweep_runs_both_executors_and_they_agree(tmp_path):
     assert set(out["executors"]) == {"process", "ray"} and out["runs"] == 4
     assert out["summary"]["same_numbers"] is True
     assert json.loads((tmp_path / "r.json").read_text())["benchmark"] == "ray_sweep"
+
+
+def test_method_grid_runs_its_cells_resumes_and_tabulates(tmp_path, capsys):
+    method_grid = pytest.importorskip("method_grid")
+    argv = ["--family", "isolation", "--out", str(tmp_path / "g"), "--cells", "split-digits:task",
+            "--methods", "finetune,packnet", "--seeds", "0", "--iterations", "2"]
+    assert method_grid.main(argv) == 0
+    table = capsys.readouterr().out
+    assert "| split-digits | task | finetune | 1 |" in table and "| split-digits | task | packnet | 1 |" in table
+    # rerun: every finished run is reused; a method without the scenario is skipped and named
+    assert method_grid.main(["--family", "bayesian", "--out", str(tmp_path / "g"), "--cells", "split-digits:class",
+                             "--methods", "hnet", "--seeds", "0", "--iterations", "2"]) == 0
+    assert "not run (scenario not supported): hnet (class)" in capsys.readouterr().out
+    assert method_grid.main(argv + ["--table-only"]) == 0
+    assert capsys.readouterr().out.count("| split-digits | task |") == 2

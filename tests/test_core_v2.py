@@ -270,6 +270,10 @@ def _build(name, **params):
     ("ncm+er", "'ncm' fits in closed form without gradient steps"),
     ("acil+lwf", "'acil' fits in closed form"),
     ("fetril+ewc", "'fetril' fits in closed form"),
+    ("vcl+ewc", "'vcl' trains and predicts with parameters of its own .* of 'ewc' would act on weights it never uses"),
+    ("ibcl+si", "'ibcl' trains and predicts with parameters of its own"),
+    ("hnet+ewc", "'hnet' trains and predicts with parameters of its own"),
+    ("hyperinterval+agem", "'hyperinterval' trains and predicts with parameters of its own"),
 ])
 def test_compositions_that_would_drop_behaviour_are_refused(name, match):
     with pytest.raises(ConfigError, match=match):

@@ -1,5 +1,7 @@
 """MAS: the importance equals its definition, the penalty its formula; task-free MAS updates
-its importance at loss plateaus that follow a peak, with no boundary; both modes run."""
+its importance at loss plateaus that follow a peak, with no boundary (the paper's absolute
+thresholds, and our scale-free relative detection at hand-checked steps, at any loss scale and
+on a real cross-entropy stream); both modes run."""
 import pytest
 import torch
 from torch import nn
@@ -55,7 +57,7 @@ def test_penalty_is_lambda_half_omega_weighted_squared_distance():
 def test_task_free_updates_at_a_plateau_after_a_peak_and_not_before():
     model = _linear_model()
     mas = MAS(mas_task_free=True, mas_window=3, mas_plateau_mean=0.5, mas_plateau_variance=0.1,
-              mas_hard_buffer=2).setup(model)
+              mas_hard_buffer=2, mas_detection="absolute").setup(model)
     x, y, t = torch.randn(4, 3), torch.tensor([0, 1, 0, 1]), torch.zeros(4, dtype=torch.long)
 
     def step(loss_level):  # logits whose cross-entropy is about loss_level for every sample
@@ -78,6 +80,36 @@ def test_task_free_updates_at_a_plateau_after_a_peak_and_not_before():
     assert mas.updates_ == 2
 
 
+# window 3: means 1.0 (a peak), .8, .6 < .7 * 1.0: plateau at step 4; low .4, and .667 < .4 + .5 * (1 - .4)
+# at step 7, but .933 > .7 at step 8: a peak, rising to 1.2; .933 > .7 * 1.2 at step 10, .667 < .84 at
+# step 11: plateau; the bump to .467 at step 13 stays under .4 + .5 * (1.2 - .4) = .8: no peak
+HAND = [1.0, 1.0, 1.0, 0.4, 0.4, 0.4, 0.4, 1.2, 1.2, 1.2, 0.4, 0.4, 0.4, 0.6, 0.4, 0.4]
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.01, 100.0])
+def test_relative_detection_finds_the_hand_checked_plateaus_at_any_loss_scale(scale):
+    mas = MAS(mas_task_free=True, mas_window=3).setup(_linear_model())
+    assert [i for i, v in enumerate(HAND) if mas.observe_loss(scale * v)] == [4, 11]
+    paper = MAS(mas_task_free=True, mas_window=3, mas_detection="absolute").setup(_linear_model())
+    found = [i for i, v in enumerate(HAND) if paper.observe_loss(scale * v)]
+    # the paper's thresholds (mean < 0.2, variance < 0.1) depend on the scale: nothing at this
+    # scale or above; at 0.01 a plateau as soon as the window fills (step 2, mean .01, variance 0)
+    # and again at step 9, the first window above .01 (+ a standard deviation of 0)
+    assert found == {1.0: [], 0.01: [2, 9], 100.0: []}[scale]
+
+
+def test_relative_detection_finds_each_boundary_of_an_online_cross_entropy_stream():
+    cfg = {**SMALL, "benchmark": {"name": "split-digits", "scenario": "class"}, "model": {"hidden": [100]},
+           "online": {"task_free": True}}
+    res = run({**cfg, "strategy": {"name": "mas", "mas_task_free": True}})
+    steps, ends = res["_state"]["strategy"]["detected_steps"], res["boundaries"]
+    starts = [0] + ends[:-1]
+    assert len(steps) == 5  # one update per experience, 5 to 20 steps after it starts
+    assert all(a + 5 <= s <= a + 20 for s, a in zip(steps, starts)), (steps, starts)
+    paper = run({**cfg, "strategy": {"name": "mas", "mas_task_free": True, "mas_detection": "absolute"}})
+    assert len(paper["_state"]["strategy"]["detected_steps"]) <= 1
+
+
 def test_boundaries_given_one_update_per_experience_and_task_free_runs_without_them():
     res = run({**SMALL, "strategy": {"name": "mas"}, "train": {**SMALL["train"], "iterations": 10, "batch_size": 16}})
     assert res["strategy"].startswith("MAS(") and res["_state"]["strategy"]["updates"] == 5
@@ -88,7 +120,8 @@ def test_boundaries_given_one_update_per_experience_and_task_free_runs_without_t
 
 
 @pytest.mark.parametrize("bad", [{"mas_lambda": -1}, {"mas_window": 1}, {"mas_plateau_mean": 0},
-                                 {"mas_hard_buffer": 0}, {"mas_samples": 0}])
+                                 {"mas_hard_buffer": 0}, {"mas_samples": 0}, {"mas_plateau_drop": 1},
+                                 {"mas_peak_rise": 0}, {"mas_detection": "loss"}])
 def test_bad_values_are_refused(bad):
     with pytest.raises(ConfigError, match="strategy.mas_"):
         run({**SMALL, "strategy": {"name": "mas", **bad}})

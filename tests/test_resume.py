@@ -19,6 +19,7 @@ class InMemory:
 
     def __init__(self, every):
         self.every, self.snaps = every, []
+        self.saves, self.time_s = 0, 0.0  # what lifelong.runner.run reports of a checkpointer
 
     def due(self, step):
         return step % self.every == 0
@@ -28,6 +29,7 @@ class InMemory:
         torch.save(snap, buf)
         buf.seek(0)
         self.snaps.append(torch.load(buf, weights_only=True))
+        self.saves += 1
 
 
 def _small(s):

@@ -77,6 +77,8 @@ class BenchmarkConfig(BaseModel):
     data_dir: Optional[str] = None
     angles: Optional[list[float]] = None
     permute_first: Optional[bool] = None
+    # permuted-mnist: zero pixels added on each side before permuting (van de Ven's reference: 2, 28x28 -> 32x32)
+    pad: Optional[int] = Field(None, ge=0, le=64)
     features: Optional[FeaturesConfig] = None  # frozen pretrained features instead of raw inputs
     # generalized class-IL (G-ACIL / Si-Blurry): fraction of each blurry class's training samples
     # moved from its own experience to the others; blurry_disjoint: fraction of classes kept disjoint
@@ -105,6 +107,17 @@ class ModelConfig(BaseModel):
     hidden: Optional[list[Annotated[int, Field(ge=1)]]] = None  # mlp: widths (default [400, 400]); cnn: fc widths
     channels: Optional[list[Annotated[int, Field(ge=1)]]] = None  # cnn only
     head: Optional[Literal["single", "incremental", "multi"]] = None  # None: by scenario
+    # start from saved weights (a state-dict file or a run's checkpoint.pt) and/or hold a fixed mask
+    # ({parameter name: bool tensor} file) through training (lifelong.strategies._start_from)
+    init_from: Optional[str] = None
+    mask: Optional[str] = None
+
+    @field_validator("init_from", "mask")
+    @classmethod
+    def _file_exists(cls, path: Optional[str]) -> Optional[str]:
+        if path is not None and not Path(path).is_file():
+            raise ValueError(f"file not found: {path}")
+        return path
 
     @field_validator("name")
     @classmethod
@@ -168,6 +181,9 @@ class TrainConfig(OptimizerConfig):
     schedule: Optional[ScheduleConfig] = None  # learning-rate schedule (lifelong.schedules); None: constant
     betas: tuple[float, float] = (0.9, 0.999)
     reset_optimizer: bool = True
+    # the seed of training's draws (batch order, a method's own draws); None: the run's seed. The
+    # stream (class order, splits, permutations) and the model's initialisation follow `seed`.
+    seed: Optional[int] = None
 
 
 class EvalConfig(BaseModel):

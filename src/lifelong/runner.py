@@ -41,6 +41,13 @@ def resolve_device(name: str) -> torch.device:
 
 def build_strategy(cfg: RunConfig):
     members = [get_strategy_class(n)(**p) for n, p in validate_strategy_params(cfg.strategy)]
+    init_from, mask = getattr(cfg.model, "init_from", None), getattr(cfg.model, "mask", None)  # TTA's model has neither
+    if init_from or mask:  # saved weights / a fixed mask: a member ahead of the method
+        from .strategies._start_from import StartFrom
+
+        composed = Compose(StartFrom(init_from, mask), *members)
+        composed.name = "+".join(m.name for m in members)
+        return composed
     strategy = members[0] if len(members) == 1 else Compose(*members)
     return strategy
 
@@ -93,12 +100,17 @@ def run(config: RunConfig | dict, monitor=None, checkpointer=None, resume: dict 
     model = build_model(m.name, stream.input_shape, stream.n_classes, stream.scenario, m.head, **kwargs).to(device)
     if cfg.train.compile:
         model.backbone.compile(backend=cfg.train.compile)  # in place: state_dict keys unchanged
-    strategy.setup(model, device, cfg.seed)
     tc = cfg.train
+    train_seed = cfg.seed if tc.seed is None else tc.seed  # batch order and the method's draws
+    strategy.setup(model, device, train_seed)
+    if cfg.model.mask:
+        from .strategies._start_from import refuse_own_masks
+
+        refuse_own_masks(strategy)
     t0 = time.perf_counter()
     result = train(stream.to(device), strategy, make_optimizer_factory(tc),
                    batch_size=cfg.online.batch_size if cfg.online else tc.batch_size,
-                   iterations=tc.iterations, epochs=tc.epochs, seed=cfg.seed,
+                   iterations=tc.iterations, epochs=tc.epochs, seed=train_seed,
                    reset_optimizer=tc.reset_optimizer, eval_batch_size=cfg.eval.batch_size,
                    eval_every=cfg.eval.every, eval_subsample=cfg.eval.subsample,
                    eval_split="valid" if selection else cfg.eval.split, matrix_split="valid" if selection else "test",

@@ -9,6 +9,7 @@
 | ``reproduce.py`` | ``lifelong reproduce``: a paper's table and a verdict per cell |
 | ``adapt.py`` | ``lifelong adapt``: test-time adaptation on a corrupted stream |
 | ``tune.py`` | ``lifelong tune``: hyper-parameter search under an honest protocol |
+| ``soup.py`` | ``lifelong soup``: Sparse Model Soups of a run config (prune-retrain cycles, averaged retrains) |
 | ``results.py`` | ``lifelong results``: list and compare studies, trials and runs; CSV export |
 | ``tables.py`` | rendering: results, metrics, parameter and verdict tables |
 | ``console.py`` | the consoles and progress displays |
@@ -29,6 +30,7 @@ from .listing import list_cmd
 from .report import report_cmd
 from .reproduce import reproduce_cmd
 from .run import run_cmd
+from .soup import soup_cmd
 from .results import results_cmd
 from .tune import tune_cmd
 from .sweep import parse_seeds
@@ -42,7 +44,7 @@ def cli():
     """lifelong: continual learning on PyTorch."""
 
 
-for _command in (run_cmd, list_cmd, report_cmd, reproduce_cmd, adapt_cmd, tune_cmd, results_cmd):
+for _command in (run_cmd, list_cmd, report_cmd, reproduce_cmd, adapt_cmd, tune_cmd, results_cmd, soup_cmd):
     cli.add_command(_command)
 
 

@@ -37,6 +37,7 @@ def xavier_(w: torch.Tensor, generator: torch.Generator) -> None:
 class HypernetStrategy(Strategy):
     """Base of the hypernetwork methods: subclasses build ``hnet_`` (``_build``), a module mapping
     embeddings (k, emb_dim) to flat target weights (k, n_out), and set ``beta``/``emb_dim``."""
+    own_parameters = True  # trains/predicts with its own parameters (base.Compose.check_composable)
 
     scenarios = ("task",)
 

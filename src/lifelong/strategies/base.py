@@ -113,6 +113,10 @@ class Strategy:
     #: False for a method whose training batches are not the stream's inputs (FeTrIL trains its
     #: head on stored features): no other member of a composition can share its batches.
     feeds_inputs: ClassVar[bool] = True
+    #: True for a method that trains and predicts with parameters of its own in place of the
+    #: model's (a posterior over the weights, a hypernetwork that generates them): a member whose
+    #: penalty or gradient edit acts on the model's parameters would change nothing it uses.
+    own_parameters: ClassVar[bool] = False
 
     @property
     def gradient_free(self) -> bool:
@@ -255,6 +259,12 @@ class Compose(Strategy):
                        if m.gradient_free else f"trains on stored features, not on the stream's inputs, so it cannot "
                        f"share its training batches with '{a}'")
                 raise ConfigError(f"strategy '{self.name}': '{m.name}' {why}; run them separately")
+        for m in (m for m in self.members if m.own_parameters):
+            acting = [o for o in self.members if o is not m and any(_overrides(o, h) for h in ("penalty", "before_step"))]
+            if acting:
+                raise ConfigError(f"strategy '{self.name}': '{m.name}' trains and predicts with parameters of its own "
+                                  f"(not the model's), so the penalty or gradient edit of '{acting[0].name}' would act "
+                                  f"on weights it never uses; run them separately")
 
     def get_params(self):
         out = {}

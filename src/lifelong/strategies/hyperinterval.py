@@ -212,6 +212,7 @@ def _target_shapes(model, method: str) -> list[tuple[int, int]]:
 
 
 class HyperInterval(Strategy):
+    own_parameters = True  # trains/predicts with its own parameters (base.Compose.check_composable)
     name = "hyperinterval"
     paper = ("Krukowski et al. 2024, HyperInterval: Hypernetwork approach to training weight interval regions in "
              "continual learning (arXiv:2405.15444)")

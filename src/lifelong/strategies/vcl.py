@@ -88,6 +88,7 @@ def _key(name: str) -> str:
 
 
 class VCL(Strategy):
+    own_parameters = True  # trains/predicts with its own parameters (base.Compose.check_composable)
     name = "vcl"
     paper = "Nguyen, Li, Bui & Turner 2018, Variational Continual Learning (ICLR)"
     scenarios = ("class", "task", "domain")

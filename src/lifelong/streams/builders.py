@@ -93,7 +93,7 @@ def split_stream(data: DatasetSplits, scenario: str = "class", n_experiences: in
 
 
 def _domain_stream(data: DatasetSplits, transforms: list, names: list[str], scenario: str, val_fraction: float,
-                   seed: int, name: str) -> Stream:
+                   seed: int, name: str, input_shape: tuple[int, ...] | None = None) -> Stream:
     _check_scenario(scenario)
     g = torch.Generator().manual_seed(seed)
     xtr, xte = data.train.to_float(), data.test.to_float()
@@ -106,27 +106,36 @@ def _domain_stream(data: DatasetSplits, transforms: list, names: list[str], scen
         tr, va = carve_validation(tr, val_fraction, g)
         exps.append(Experience(i, i, list(range(off, off + C)), tr, va, te, name=nm))
     n_out = C * len(transforms) if scenario == "class" else C
-    return Stream(name, scenario, exps, n_out, tuple(data.train.input_shape))
+    return Stream(name, scenario, exps, n_out, tuple(input_shape or data.train.input_shape))
 
 
 def permuted_stream(data: DatasetSplits, n_experiences: int = 10, scenario: str = "domain",
-                    permute_first: bool = False, val_fraction: float = 0.0, seed: int = 0) -> Stream:
+                    permute_first: bool = False, val_fraction: float = 0.0, seed: int = 0, pad: int = 0) -> Stream:
     """Permuted MNIST: each experience applies its own fixed pixel permutation.
 
     The first experience keeps the original images unless ``permute_first`` (as in van de
-    Ven's reference code). Permutations are drawn from ``seed``.
+    Ven's reference code). Permutations are drawn from ``seed``. ``pad``: zero pixels added on
+    each side of every image *before* permuting (van de Ven's reference pads MNIST by 2 to
+    32x32, so its permutations move 1024 pixels, 240 of them always zero).
     """
+    if not isinstance(pad, int) or isinstance(pad, bool) or pad < 0:
+        raise ConfigError(f"pad must be an integer >= 0 (zero pixels on each side), got {pad!r}")
+    shape = tuple(data.train.input_shape)
+    if pad:
+        c, h, w = shape
+        shape = (c, h + 2 * pad, w + 2 * pad)
     g = torch.Generator().manual_seed(seed + 7919)
-    D = math.prod(data.train.input_shape)
+    D = math.prod(shape)
     perms = [None if (i == 0 and not permute_first) else torch.randperm(D, generator=g) for i in range(n_experiences)]
 
     def make(p):
-        if p is None:
-            return lambda x: x
-        return lambda x: x.flatten(1)[:, p].reshape(x.shape)
+        def fn(x):
+            x = F.pad(x, (pad, pad, pad, pad)) if pad else x
+            return x if p is None else x.flatten(1)[:, p].reshape(x.shape)
+        return fn
 
     return _domain_stream(data, [make(p) for p in perms], [f"permutation {i}" for i in range(n_experiences)],
-                          scenario, val_fraction, seed, f"permuted-{data.name}")
+                          scenario, val_fraction, seed, f"permuted-{data.name}", shape)
 
 
 def rotate(x: torch.Tensor, degrees: float) -> torch.Tensor:

@@ -102,7 +102,7 @@ def _split(dataset: str) -> Preset:
 def _permuted(cfg, seed):
     return permuted_stream(load_dataset("mnist"), n_experiences=cfg.n_experiences or 10,
                            scenario=cfg.scenario or "domain", permute_first=bool(cfg.permute_first),
-                           val_fraction=cfg.val_fraction, seed=seed)
+                           val_fraction=cfg.val_fraction, seed=seed, pad=cfg.pad or 0)
 
 
 def _rotated(cfg, seed):
@@ -163,7 +163,8 @@ def presets() -> dict[str, Preset]:
               "extractor would have to run on every transformed copy of MNIST; features are supported on "
               "split-<dataset>, mnist-fashion-animal and tweets-sentiment")
     out["permuted-mnist"] = Preset("MNIST with one fixed pixel permutation per experience (default 10)", "domain",
-                                   COMMON_KEYS | {"n_experiences", "permute_first"}, _permuted, no_features=pixels)
+                                   COMMON_KEYS | {"n_experiences", "permute_first", "pad"}, _permuted,
+                                   no_features=pixels)
     out["rotated-mnist"] = Preset("MNIST rotated by a different angle per experience (default 10 in [0, 180))",
                                   "domain", COMMON_KEYS | {"n_experiences", "angles"}, _rotated, no_features=pixels)
     out["mnist-fashion-animal"] = Preset("MNIST -> Fashion-MNIST -> Animal-MNIST, one experience each "

@@ -1,0 +1,131 @@
+"""Evidence grids of issues 15 and 16: accuracy, BWT, parameters, training FLOPs and time of a
+family of methods next to fine-tuning, EWC, SI and ER, on several benchmarks, scenarios and seeds.
+
+Every (benchmark, scenario, method) cell is one resumable ``lifelong run`` sweep over the seeds in
+``OUT/<benchmark>-<scenario>/<method>`` (rerunning the command reuses finished runs; a method that
+does not support a scenario is skipped and listed). The table is read back from the runs'
+``results.json`` (mean ± std over seeds)::
+
+    PYTHONPATH=src python benchmarks/method_grid.py --family isolation --out runs/isolation-grid
+    PYTHONPATH=src python benchmarks/method_grid.py --family bayesian --out runs/bayesian-grid
+    PYTHONPATH=src python benchmarks/method_grid.py --family bayesian --out runs/bayesian-grid --table-only
+
+Base config: ``benchmarks/method_grid.yaml`` (MLP 784-400-400, Adam 1e-3, batch 128, 500
+iterations per experience, no continual evaluation); Permuted MNIST has 10 permutations.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+BASE = Path(__file__).with_name("method_grid.yaml")
+BASELINES = ["finetune", "ewc", "si", "er"]
+FAMILIES = {
+    # issue 15: sparse training and parameter isolation, task-IL
+    "isolation": {
+        "methods": BASELINES + ["packnet", "hat", "dstcl", "sparcl", "granet", "gpm", "hlop", "clr"],
+        "cells": [("split-mnist", "task"), ("split-fashion-mnist", "task"), ("permuted-mnist", "task"),
+                  ("mnist-fashion-animal", "task")],
+    },
+    # issue 16: Bayesian continual learning and hypernetworks
+    "bayesian": {
+        "methods": BASELINES + ["vcl", "protocl", "hnet", "rnn_hnet", "hyperinterval"],
+        "cells": [("split-mnist", "task"), ("permuted-mnist", "task"), ("split-mnist", "class"),
+                  ("mnist-fashion-animal", "class")],
+    },
+}
+BENCHMARK_SETS = {"permuted-mnist": ["benchmark.n_experiences=10"]}
+#: per-method settings (each documented in the method's docs page)
+METHOD_SETS = {"vcl": ["strategy.vcl_samples=10", "strategy.vcl_train_samples=2"],
+               # CLR reprograms a CNN's convolutions: the small CNN (32, 64 channels, fc 256), trained on
+               # the first experience and frozen (docs/isolation.md); every other method runs the MLP
+               "clr": ["model.name=cnn", "model.hidden=[256]"]}
+
+
+def supports(method: str, scenario: str) -> bool:
+    from lifelong.strategies import STRATEGIES  # noqa: PLC0415
+
+    cls = STRATEGIES.get(method)
+    return cls is None or scenario in getattr(cls, "scenarios", ("class", "task", "domain"))
+
+
+def run_cell(out: Path, bench: str, scenario: str, method: str, seeds: str, iterations: int) -> int:
+    sets = BENCHMARK_SETS.get(bench, []) + METHOD_SETS.get(method, [])
+    cmd = [sys.executable, "-m", "lifelong.cli", "run", "--config", str(BASE), "--benchmark", bench,
+           "--scenario", scenario, "--strategy", method, "--seeds", seeds, "--iterations", str(iterations),
+           "--quiet", "--out", str(out / f"{bench}-{scenario}" / method)]
+    for s in sets:
+        cmd += ["--set", s]
+    print("+", " ".join(cmd), flush=True)
+    return subprocess.call(cmd, stdout=subprocess.DEVNULL)
+
+
+def _mean_std(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
+    m = statistics.fmean(values) * scale
+    s = statistics.stdev(values) * scale if len(values) > 1 else 0.0
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def collect(folder: Path) -> dict[tuple[str, str, str], list[dict]]:
+    rows: dict[tuple[str, str, str], list[dict]] = {}
+    for path in sorted(folder.rglob("results.json")):
+        r = json.loads(path.read_text())
+        if r.get("status") == "complete":
+            c = r["config"]
+            rows.setdefault((c["benchmark"]["name"], c["benchmark"]["scenario"], c["strategy"]["name"]), []).append(r)
+    return rows
+
+
+def table(folder: Path, cells: list[tuple[str, str]], methods: list[str]) -> str:
+    rows = collect(folder)
+    lines = ["| benchmark | scenario | method | seeds | accuracy (%) | BWT (%) | nonzero params | training GFLOPs "
+             "| wall s |", "|---|---|---|---|---|---|---|---|---|"]
+    for bench, scenario in cells:
+        for m in methods:
+            rs = rows.get((bench, scenario, m))
+            if rs:
+                lines.append("| " + " | ".join([
+                    bench, scenario, m, str(len(rs)), _mean_std([r["average_accuracy"] for r in rs], 100),
+                    _mean_std([r["bwt"] for r in rs], 100),
+                    f"{statistics.fmean(r['parameters']['nonzero'] for r in rs):,.0f}",
+                    f"{statistics.fmean(r['flops']['training'] for r in rs) / 1e9:,.0f}",
+                    f"{statistics.fmean(r['wall_time_s'] for r in rs):.0f}"]) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--family", choices=sorted(FAMILIES), required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--methods", help="comma-separated subset (default: the family's methods and baselines)")
+    ap.add_argument("--cells", help="comma-separated benchmark:scenario subset, e.g. split-mnist:task")
+    ap.add_argument("--seeds", default="0-2")
+    ap.add_argument("--iterations", type=int, default=500)
+    ap.add_argument("--table-only", action="store_true")
+    args = ap.parse_args(argv)
+    fam = FAMILIES[args.family]
+    methods = args.methods.split(",") if args.methods else fam["methods"]
+    cells = [tuple(c.split(":")) for c in args.cells.split(",")] if args.cells else fam["cells"]
+    unknown = [m for m in methods if m not in fam["methods"] and m not in METHOD_SETS]
+    status, skipped = 0, []
+    if not args.table_only:
+        for bench, scenario in cells:
+            for m in methods:
+                if supports(m, scenario):
+                    status |= run_cell(args.out, bench, scenario, m, args.seeds, args.iterations)
+                else:
+                    skipped.append(f"{m} ({scenario})")
+    print(table(args.out, cells, methods))
+    if skipped:
+        print("not run (scenario not supported): " + ", ".join(dict.fromkeys(skipped)))
+    if unknown:
+        print("methods outside the family's list: " + ", ".join(unknown))
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

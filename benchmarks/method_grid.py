@@ -33,7 +33,8 @@ FAMILIES = {
     },
     # issue 16: Bayesian continual learning and hypernetworks
     "bayesian": {
-        "methods": BASELINES + ["vcl", "protocl", "hnet", "rnn_hnet", "hyperinterval"],
+        "methods": BASELINES + ["vcl", "protocl", "ibcl", "seqbayes", "binary_field", "hnet", "rnn_hnet",
+                                "hyperinterval"],
         "cells": [("split-mnist", "task"), ("permuted-mnist", "task"), ("split-mnist", "class"),
                   ("mnist-fashion-animal", "class")],
     },
@@ -43,7 +44,12 @@ BENCHMARK_SETS = {"permuted-mnist": ["benchmark.n_experiences=10"]}
 METHOD_SETS = {"vcl": ["strategy.vcl_samples=10", "strategy.vcl_train_samples=2"],
                # CLR reprograms a CNN's convolutions: the small CNN (32, 64 channels, fc 256), trained on
                # the first experience and frozen (docs/isolation.md); every other method runs the MLP
-               "clr": ["model.name=cnn", "model.hidden=[256]"]}
+               "clr": ["model.name=cnn", "model.hidden=[256]"],
+               # HMC needs a small network: MLP 784-10 and 1000 samples a task (docs/bayesian.md)
+               "seqbayes": ["model.hidden=[10]", "strategy.seqbayes_max_params=10000", "strategy.seqbayes_max_data=1000",
+                            "strategy.seqbayes_samples=50", "strategy.seqbayes_burn_in=50",
+                            "strategy.seqbayes_leapfrog=10"],
+               "binary_field": ["train.lr=0.01"]}  # fields need a larger step than real weights (docs/bayesian.md)
 
 
 def supports(method: str, scenario: str) -> bool:

@@ -8,8 +8,6 @@ existing folder of anything else is never overwritten (:mod:`lifelong.runfolder`
 """
 from __future__ import annotations
 
-import json
-import os
 import platform
 import shutil
 import time

@@ -202,15 +202,8 @@ def test_bad_values_are_refused(key, value):
         validate_strategy_params(StrategyConfig(name="dstcl", **{key: value}))
 
 
-def test_models_and_streams_it_cannot_isolate_are_refused():
+def test_a_task_arriving_twice_is_refused():  # models it cannot isolate: test_isolation.py
     stream = _stream()
-    model = build_model("mlp", stream.input_shape, stream.n_classes, "task", hidden=[8], norm="batch")
-    with pytest.raises(ConfigError, match="norm"):
-        DSTCL().setup(model, "cpu", 0)
-    model = build_model("mlp", stream.input_shape, stream.n_classes, "task", head="single", hidden=[8])
-    with pytest.raises(ConfigError, match="one output head per task"):
-        DSTCL().setup(model, "cpu", 0)
-    assert DSTCL.scenarios == ("task",)
     model = build_model("mlp", stream.input_shape, stream.n_classes, "task", hidden=[8])
     s = DSTCL().setup(model, "cpu", 0)
     _start(s, model, stream, 0)

@@ -226,7 +226,7 @@ def test_bad_values_are_refused(key, value):
         validate_strategy_params(StrategyConfig(name=name, **{key: value}))
 
 
-@pytest.mark.parametrize("cls", [PackNet, HAT])
+@pytest.mark.parametrize("cls", [PackNet, HAT, get_strategy_class("dstcl")])
 def test_models_they_cannot_isolate_are_refused(cls):
     stream = _stream()
     model = build_model("mlp", stream.input_shape, stream.n_classes, "task", hidden=[8], norm="batch")

@@ -83,7 +83,7 @@ from pydantic import Field
 from torch import nn
 
 from .base import Strategy
-from .vcl import _key, functional_call, gaussian_kl
+from .vcl import _key, functional_call, gaussian_kl, sampled_cross_entropy
 
 
 class IBCL(Strategy):
@@ -236,9 +236,8 @@ class IBCL(Strategy):
     def loss(self, logits, batch):
         if self._drawn is None or self._drawn[0] is not logits:
             return F.cross_entropy(logits, batch.y)
-        draws = self._drawn[1]
         # the sum over the m posteriors of each one's mean cross-entropy
-        return self.ibcl_models * F.cross_entropy(draws.flatten(0, 1), batch.y.repeat(len(draws)))
+        return self.ibcl_models * sampled_cross_entropy(self._drawn, logits, batch.y)
 
     def _priors(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """The m priors stacked per parameter, (m, *shape) means and log-variances (cached for

@@ -79,6 +79,15 @@ def kcenter(x: torch.Tensor, k: int) -> torch.Tensor:
     return torch.tensor(idx[:k], dtype=torch.long)
 
 
+def sampled_cross_entropy(drawn, logits, y):
+    """The mean cross-entropy over the sampled networks' outputs ``drawn = (logits, draws)`` kept
+    by ``forward`` (draws: (k, B, C)); plain cross-entropy of ``logits`` when they were not drawn."""
+    if drawn is None or drawn[0] is not logits:
+        return F.cross_entropy(logits, y)
+    draws = drawn[1]
+    return F.cross_entropy(draws.flatten(0, 1), y.repeat(len(draws)))
+
+
 def functional_call(model, params, args):
     return _functional_call(model, params, args, tie_weights=False)
 
@@ -241,10 +250,7 @@ class VCL(Strategy):
         return logits
 
     def loss(self, logits, batch):
-        if self._drawn is None or self._drawn[0] is not logits:
-            return F.cross_entropy(logits, batch.y)
-        draws = self._drawn[1]
-        return F.cross_entropy(draws.flatten(0, 1), batch.y.repeat(len(draws)))
+        return sampled_cross_entropy(self._drawn, logits, batch.y)
 
     def penalty(self, logits, batch):
         if self._ml_phase():

@@ -182,6 +182,8 @@ def test_bad_keys_and_methods_refused(tmp_path):
         parse_config({"model": {"init_from": str(tmp_path / "nope.pt")}})
     with pytest.raises(ConfigError, match=r"'model.mask': file not found"):
         parse_config({"model": {"mask": str(tmp_path / "nope.pt")}})
+    with pytest.raises(ConfigError, match=r"config key 'train.seed': Input should be a valid integer"):
+        parse_config({"train": {"seed": "abc"}})
     (tmp_path / "junk.pt").write_text("not torch")
     with pytest.raises(ConfigError, match="could not read .*junk.pt as a saved state dict"):
         run(dict(copy.deepcopy(TINY), model={"hidden": [16], "init_from": str(tmp_path / "junk.pt")}))

@@ -5,7 +5,7 @@ active) of scikit-learn ``digits`` (8x8) or MNIST (28x28) with an MLP (400-400, 
 weights), SGD at a constant lr, batch 10, the same minibatches in the same order, and evaluate
 every test set at the end of each experience (``--test-per-exp`` images each). Methods:
 finetune, er (reservoir, 500), er_ace, derpp (alpha 1, beta 0.5, 500 samples, the MSE on the
-head's unmasked outputs) and mir
+head's unmasked outputs, one forward over the incoming and both replayed minibatches) and mir
 (50 candidates, 500 samples), each in its paper's online form (replayed batch = incoming batch).
 
 The plain side (``plain_run``) is a loop over index batches with each method written inline
@@ -37,7 +37,6 @@ import _common as C  # noqa: E402  (sets the import path for lifelong)
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
 from torch.func import functional_call  # noqa: E402
 
 import overhead as O  # noqa: E402  (plain_evaluate, _LossRecorder)
@@ -146,7 +145,12 @@ def plain_run(name: str, P: dict, iterations: int, batch_size: int, record: list
                         xa, ya = torch.cat([xb, cx[top]]), torch.cat([yb, cy[top]])
                     else:
                         xa, ya = xb, yb
-                    raw = model(xa)  # derpp stores the head's unmasked outputs (as lifelong's DER)
+                    if name == "derpp" and mem_n:  # one forward over the incoming and both replayed batches
+                        j1 = torch.randperm(mem_n, generator=g_mem)[:m].to(device)
+                        j2 = torch.randperm(mem_n, generator=g_mem)[:m].to(device)
+                        raw, r1, r2 = model(torch.cat([xa, mem["x"][j1], mem["x"][j2]])).split([m, len(j1), len(j2)])
+                    else:
+                        raw = model(xa)  # derpp stores the head's unmasked outputs (as lifelong's DER)
                     logits = raw.masked_fill(inactive, float("-inf"))
                     if name == "er_ace":
                         present = torch.zeros(N_CLASSES, dtype=torch.bool, device=device)
@@ -157,10 +161,9 @@ def plain_run(name: str, P: dict, iterations: int, batch_size: int, record: list
                     else:
                         loss = F.cross_entropy(logits, ya)
                     if name == "derpp" and mem_n:
-                        j = torch.randperm(mem_n, generator=g_mem)[:m].to(device)
-                        mse = F.mse_loss(model(mem["x"][j]), mem["logits"][j])
-                        j = torch.randperm(mem_n, generator=g_mem)[:m].to(device)
-                        loss = loss + (DER_ALPHA * mse + DERPP_BETA * F.cross_entropy(f(mem["x"][j]), mem["y"][j]))
+                        mse = F.mse_loss(r1, mem["logits"][j1])
+                        ce = F.cross_entropy(r2.masked_fill(inactive, float("-inf")), mem["y"][j2])
+                        loss = loss + (DER_ALPHA * mse + DERPP_BETA * ce)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()

@@ -276,6 +276,51 @@ def test_der_with_a_single_linear_head_stores_and_compares_the_unmasked_outputs(
     assert der.penalty(logits, Batch(x, y, t)).item() == pytest.approx(want.item(), rel=1e-6) and want > 0
 
 
+def _derpp_step(scenario, joined: bool, batchnorm: bool = False):
+    """One DER++ step on a filled memory: the loss, the gradients and the replayed rows' labels."""
+    stream = _stream(scenario)
+    torch.manual_seed(0)
+    model = build_model("mlp", stream.input_shape, stream.n_classes, scenario, hidden=[16])
+    if batchnorm:
+        model.backbone = torch.nn.Sequential(model.backbone, torch.nn.BatchNorm1d(model.backbone.out_features))
+        model.backbone.out_features = model.backbone[0].out_features
+    d = DERPP(mem_size=40, der_alpha=0.7, derpp_beta=0.3).setup(model, "cpu", 0)
+    for exp in list(stream)[:2]:
+        model.observe(exp.classes, exp.task_id)
+    data = [e.train for e in list(stream)[:2]]
+    x = torch.cat([s.x[:30] for s in data])
+    y = torch.cat([s.y[:30] for s in data])
+    t = torch.cat([torch.full((30,), e.task_id) for e in list(stream)[:2]])
+    with torch.no_grad():
+        d.after_step(Batch(x, y, t), d.forward(Batch(x, y, t)))  # the memory holds both experiences
+    b = Batch(x[25:35], y[25:35], t[25:35])
+    logits = d.forward(b) if joined else model(b.x, b.t)
+    calls = []
+    hook = model.backbone.register_forward_hook(lambda *a: calls.append(1))
+    loss = d.loss(logits, b) + d.penalty(logits, b if joined else Batch(b.x, b.y, b.t))
+    hook.remove()
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in model.parameters()], len(calls), d.buffer_.generator.get_state()
+
+
+@pytest.mark.parametrize("scenario", ["class", "task"])
+def test_derpp_one_joined_forward_gives_the_separate_forwards_loss_and_gradients(scenario):
+    # DER++ runs the network once over the incoming and both replayed minibatches; the loss, the
+    # gradients and the memory's draws are those of Mammoth's three forwards (up to float order)
+    loss_j, grads_j, calls_j, g_j = _derpp_step(scenario, joined=True)
+    loss_s, grads_s, calls_s, g_s = _derpp_step(scenario, joined=False)
+    assert calls_j == 0 and calls_s == 2  # penalty reused the joined forward; separately: one per draw
+    assert loss_j.item() == pytest.approx(loss_s.item(), rel=1e-6) and loss_j > 0
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads_j, grads_s))
+    assert torch.equal(g_j, g_s)
+
+
+def test_derpp_with_batch_norm_runs_each_minibatch_apart():
+    # joining would change the statistics each minibatch is normalised with: one forward each
+    _, _, calls, _ = _derpp_step("class", joined=True, batchnorm=True)
+    assert calls == 2
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_der_beats_finetuning_in_class_il(seed):
     assert _avg_acc("der", seed) > _avg_acc("finetune", seed) + 0.05

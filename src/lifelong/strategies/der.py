@@ -28,6 +28,15 @@ linear layer over the label space (class- and domain-IL), DER stores and compare
 sees only active outputs). With per-task heads (task-IL) the MSE is taken over the entries
 finite in both the stored and the current logits. The logits are in the buffer's ``logits``
 extra.
+
+One forward per step. Mammoth runs the network three times per DER++ step (the incoming
+minibatch, then each replayed one); at batch 10 the per-call cost dominates, so ``forward``
+draws the replayed minibatches first (the same draws, in the same order) and runs the network
+once on the three joined; ``penalty`` takes its rows from that output. The losses are the same
+sums over the same rows (only the float order of a matrix product can differ). A model with a
+batch-norm layer in training mode is run once per minibatch as in Mammoth, since joining would
+change the statistics each minibatch is normalised with. ``penalty`` called without that
+forward (by hand, or with another member owning the forward) draws and runs the network itself.
 """
 from typing import Annotated, Optional
 
@@ -62,6 +71,7 @@ class DER(Strategy):
     def setup(self, model, device="cpu", seed=0):
         super().setup(model, device, seed)
         self.buffer_ = ReservoirBuffer(self.mem_size, seed=seed + 2)
+        self._joined = None  # (batch, [(replayed minibatch, outputs)]) of the step in progress
         return self
 
     def _replay(self, n: int) -> dict:
@@ -77,23 +87,63 @@ class DER(Strategy):
     def _raw(self, x):
         return self._linear_head(self.model.features(x))
 
+    n_draws = 1  # replayed minibatches per step (DER++: 2)
+
+    def _mergeable(self) -> bool:
+        return not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training
+                       for m in self.model.modules())
+
+    def _outputs(self, x, t):
+        """The network on ``x``: the head's unmasked outputs when it is one linear layer, else the logits."""
+        return self._raw(x) if self._linear_head is not None else self.model(x, t)
+
+    def _draw(self, batch) -> tuple[dict, list[int]]:
+        """This step's replayed minibatches (``n_draws`` independent draws, in order), gathered
+        in one indexing per stored tensor: the stored rows and each draw's size."""
+        idx = [self.buffer_.sample_indices(self.replay_batch_size or batch.n_new) for _ in range(self.n_draws)]
+        return self.buffer_.get(torch.cat(idx) if len(idx) > 1 else idx[0]), [len(i) for i in idx]
+
     def forward(self, batch):
+        self._joined = None
+        x, t, n = batch.x, batch.t, len(batch.x)
+        if len(self.buffer_) and batch.n_new and self._mergeable():
+            m, sizes = self._draw(batch)
+            out, *rows = self._outputs(torch.cat([x, m["x"]]), torch.cat([t, m["t"]])).split([n] + sizes)
+            self._joined = (batch, m, rows)
+        else:
+            out = self._outputs(x, t)
         if self._linear_head is None:
             self.raw_ = None
-            return self.model(batch.x, batch.t)
-        raw = self._raw(batch.x)
-        self.raw_ = raw.detach()  # what after_step stores: this forward's unmasked outputs
-        return raw.masked_fill(~self.model.head.active, float("-inf"))
+            return out
+        self.raw_ = out.detach()  # what after_step stores: this forward's unmasked outputs
+        return out.masked_fill(~self.model.head.active, float("-inf"))
+
+    def _replayed(self, batch) -> tuple[dict, list]:
+        """This step's replayed rows (all draws) and the network's outputs on each draw: from the
+        joined forward when it ran for this batch, else drawn and run here (one forward a draw)."""
+        if self._joined is not None and self._joined[0] is batch:
+            return self._joined[1], self._joined[2]
+        m, sizes = self._draw(batch)
+        xs, ts = m["x"].split(sizes), m["t"].split(sizes)
+        return m, [self._outputs(x, t) for x, t in zip(xs, ts)]
+
+    def _logits(self, out):
+        """Outputs of ``_outputs`` as logits (inactive outputs of a linear head at -inf)."""
+        return out if self._linear_head is None else out.masked_fill(~self.model.head.active, float("-inf"))
+
+    def _mse(self, out, stored):
+        if self._linear_head is not None:
+            return F.mse_loss(out, stored.to(out.dtype))
+        return masked_mse(out, stored)
 
     def penalty(self, logits, batch):
         if len(self.buffer_) == 0:
             return 0.0
-        m = self._replay(batch.n_new)
-        if self._linear_head is not None:
-            return self.der_alpha * F.mse_loss(self._raw(m["x"]), m["logits"].to(logits.dtype))
-        return self.der_alpha * masked_mse(self.model(m["x"], m["t"]), m["logits"])
+        m, (out,) = self._replayed(batch)
+        return self.der_alpha * self._mse(out, m["logits"])
 
     def after_step(self, batch, logits):
+        self._joined = None  # the step is over: let its graph go
         n = batch.n_new  # the stream's samples only, with the logits of the forward before the step
         stored = logits if getattr(self, "raw_", None) is None else self.raw_
         self.buffer_.add(batch.x[:n], batch.y[:n], batch.t[:n], logits=stored[:n].float())
@@ -118,9 +168,12 @@ class DERPP(DER):
         super().__init__(mem_size=mem_size, der_alpha=der_alpha, replay_batch_size=replay_batch_size)
         self.derpp_beta = derpp_beta
 
+    n_draws = 2  # the MSE's minibatch, then the cross-entropy's: two independent draws
+
     def penalty(self, logits, batch):
         if len(self.buffer_) == 0:
             return 0.0
-        out = super().penalty(logits, batch)
-        m = self._replay(batch.n_new)  # a second, independent draw
-        return out + self.derpp_beta * F.cross_entropy(self.model(m["x"], m["t"]), m["y"])
+        m, (o1, o2) = self._replayed(batch)
+        k = len(o1)  # the MSE's rows come first, then the cross-entropy's
+        return self.der_alpha * self._mse(o1, m["logits"][:k]) + self.derpp_beta * F.cross_entropy(
+            self._logits(o2), m["y"][k:])

@@ -315,6 +315,25 @@ def test_derpp_one_joined_forward_gives_the_separate_forwards_loss_and_gradients
     assert torch.equal(g_j, g_s)
 
 
+@pytest.mark.parametrize("name, draws", [("der", 1), ("derpp", 2)])
+def test_der_counts_its_replayed_samples_as_trained(name, draws):
+    # results.json's training FLOPs = 3 x forward FLOPs x (the loop's samples + these): every step
+    # after the first (empty memory) trains `draws` replayed minibatches of 10 beside the batch
+    from lifelong.sparse import run_costs, strategy_samples
+    stream = _stream("class")
+    torch.manual_seed(0)
+    model = build_model("mlp", stream.input_shape, stream.n_classes, "class", hidden=[16])
+    s = STRATEGIES[name](mem_size=30).setup(model, "cpu", 0)
+    res = train(stream, s, lambda p: torch.optim.SGD(p, lr=0.1), batch_size=10, iterations=6, seed=0)
+    steps = 6 * len(stream)
+    assert res.samples_trained == 10 * steps and strategy_samples(s) == draws * 10 * (steps - 1)
+    costs = run_costs(model, stream.input_shape, res.samples_trained + strategy_samples(s))["flops"]
+    assert costs["training"] == 3 * costs["inference_per_sample"] * 10 * (steps + draws * (steps - 1))
+    t = STRATEGIES[name](mem_size=30).setup(model, "cpu", 0)
+    t.load_extra_state(s.extra_state())
+    assert strategy_samples(t) == strategy_samples(s)  # resumes with the count
+
+
 def test_derpp_with_batch_norm_runs_each_minibatch_apart():
     # joining would change the statistics each minibatch is normalised with: one forward each
     _, _, calls, _ = _derpp_step("class", joined=True, batchnorm=True)

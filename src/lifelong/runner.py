@@ -20,7 +20,7 @@ from . import __version__
 from .config import RunConfig, parse_config, validate_strategy_params
 from .errors import ConfigError
 from .models import build_model
-from .sparse import run_costs, strategy_flops, strategy_masks
+from .sparse import run_costs, strategy_flops, strategy_masks, strategy_samples
 from .strategies import Compose, get_strategy_class
 from .streams.presets import build_benchmark
 from .training import train
@@ -142,7 +142,8 @@ def run(config: RunConfig | dict, monitor=None, checkpointer=None, resume: dict 
         "device": str(device),
     }
     # parameters {total, nonzero} and flops {inference_per_sample, training} (lifelong.sparse)
-    out.update(run_costs(model, stream.input_shape, result.samples_trained, strategy_masks(strategy),
+    out.update(run_costs(model, stream.input_shape, result.samples_trained + strategy_samples(strategy),
+                         strategy_masks(strategy),
                          task=stream.experiences[-1].task_id if stream.scenario == "task" else None,
                          counted=strategy_flops(strategy)))
     for m in getattr(strategy, "members", None) or [strategy]:  # a method's own count of what it trains and

@@ -42,7 +42,9 @@ FLOPs per sample (a multiply and an add per use of a weight; Linear: 2 n_in n_ou
 Conv2d: 2 k_h k_w (c_in/groups) c_out H_out W_out density, output sizes from forward hooks on a
 dummy batch); biases, norms and activations are not counted. Training FLOPs = 3 x the forward
 FLOPs per sample (forward, and a backward of twice its cost) x the samples the loop trained on
-(counted after ``augment``, so replayed samples count). Not counted: a method's extra passes (a teacher's or old model's
+(counted after ``augment``, so replayed samples count), plus the samples a strategy trains beside
+the loop's batches and counts itself (``extra_trained_samples()``, :func:`strategy_samples`: DER's
+replayed minibatches). Not counted: a method's extra passes (a teacher's or old model's
 forward, a virtual step, a Fisher estimate, a closed-form fit), and for a method whose density
 changes during training the count uses the final masks (for dense-to-sparse training this
 undercounts the early, denser steps), unless the strategy counts its own training FLOPs step
@@ -436,6 +438,14 @@ def strategy_masks(strategy) -> list:
     return found
 
 
+def strategy_samples(strategy) -> int:
+    """Samples a strategy trained (forward and backward through the model) beside the loop's
+    batches, over every member of a composition: each one's ``extra_trained_samples()`` (DER's
+    replayed minibatches, which its forward joins to the batch); 0 when none counts."""
+    return sum(int(m.extra_trained_samples()) for m in getattr(strategy, "members", None) or [strategy]
+               if callable(getattr(m, "extra_trained_samples", None)))
+
+
 def strategy_flops(strategy) -> dict:
     """Training FLOPs a strategy counted itself, step by step (its ``training_flops()``: a dict
     with ``training`` and any further counts), from the first member of a composition that
@@ -462,5 +472,5 @@ def run_costs(model: nn.Module, input_shape: Sequence[int], samples_trained: int
 
 
 __all__ = ["SparseMasks", "count_parameters", "cosine_fraction", "cubic_sparsity", "erk_densities",
-           "forward_flops", "largest", "prunable_layers", "run_costs", "strategy_flops", "strategy_masks",
+           "forward_flops", "largest", "prunable_layers", "run_costs", "strategy_flops", "strategy_masks", "strategy_samples",
            "uniform_densities"]

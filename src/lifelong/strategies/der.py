@@ -71,7 +71,8 @@ class DER(Strategy):
     def setup(self, model, device="cpu", seed=0):
         super().setup(model, device, seed)
         self.buffer_ = ReservoirBuffer(self.mem_size, seed=seed + 2)
-        self._joined = None  # (batch, [(replayed minibatch, outputs)]) of the step in progress
+        self._joined = None  # (batch, stored rows, outputs per draw) of the step in progress
+        self.replayed_rows_ = 0  # replayed samples trained (results.json's training FLOPs count them)
         return self
 
     def _replay(self, n: int) -> dict:
@@ -122,10 +123,16 @@ class DER(Strategy):
         """This step's replayed rows (all draws) and the network's outputs on each draw: from the
         joined forward when it ran for this batch, else drawn and run here (one forward a draw)."""
         if self._joined is not None and self._joined[0] is batch:
-            return self._joined[1], self._joined[2]
-        m, sizes = self._draw(batch)
-        xs, ts = m["x"].split(sizes), m["t"].split(sizes)
-        return m, [self._outputs(x, t) for x, t in zip(xs, ts)]
+            m, outs = self._joined[1], self._joined[2]
+        else:
+            m, sizes = self._draw(batch)
+            outs = [self._outputs(x, t) for x, t in zip(m["x"].split(sizes), m["t"].split(sizes))]
+        self.replayed_rows_ += len(m["y"])
+        return m, outs
+
+    def extra_trained_samples(self) -> int:
+        """The replayed samples trained beside the loop's batches (``lifelong.sparse.strategy_samples``)."""
+        return self.replayed_rows_
 
     def _logits(self, out):
         """Outputs of ``_outputs`` as logits (inactive outputs of a linear head at -inf)."""
@@ -149,9 +156,10 @@ class DER(Strategy):
         self.buffer_.add(batch.x[:n], batch.y[:n], batch.t[:n], logits=stored[:n].float())
 
     def extra_state(self):
-        return {"buffer": self.buffer_.state_dict()}
+        return {"buffer": self.buffer_.state_dict(), "replayed_rows": self.replayed_rows_}
 
     def load_extra_state(self, state):
+        self.replayed_rows_ = int(state.get("replayed_rows", 0))
         self.buffer_ = ReservoirBuffer(self.mem_size)
         self.buffer_.load_state_dict(state["buffer"])
         self.buffer_.to(self.device)

@@ -222,9 +222,12 @@ def test_cli_prints_the_table(capsys, tmp_path):
     code, out, err = run_cli(argv, capsys)
     assert code == 0, err
     assert "| 1 | 50.0% |" in out and "best retrain" in out
-    assert json.loads((tmp_path / "o" / "soups.json").read_text())["retrains"] == 2
-    code, out, err = run_cli(argv, capsys)  # the folder exists now: refused, untouched
-    assert code == 2 and "already exists" in err
+    first = (tmp_path / "o" / "soups.json").read_bytes()
+    assert json.loads(first)["retrains"] == 2
+    code, out, err = run_cli(argv, capsys)  # the same soup again: resumed (finished), the same numbers
+    assert code == 0 and "| 1 | 50.0% |" in out and (tmp_path / "o" / "soups.json").read_bytes() == first
+    code, out, err = run_cli(argv[:-3] + ["3", "--out", str(tmp_path / "o")], capsys)  # another soup: refused
+    assert code == 2 and "holds another soup" in " ".join(err.split())
 
 
 def test_a_retrain_with_late_heads_resumes_bit_for_bit(tmp_path):

@@ -46,13 +46,30 @@ Where we differ:
 - With ``vary="weight_decay"`` every retrain keeps the run's seed; the default decays are
   ``0, 1e-5, 1e-4, ...`` (one per retrain) unless given.
 
-Output folder (``out_dir``, refused if it exists and is not empty): ``dense.pt``,
-``cycle<k>/{mask,retrain<i>,soup,imp,imp_mask}.pt``, ``soups.json`` (written after every cycle)
-and ``soups.md`` (the table).
+Output folder (``out_dir``): ``soup_spec.json`` (what defines the soup: the validated config,
+the schedule, the retrain values, ``vary``, ``retrains``; written first), ``dense.pt``,
+``cycle<k>/{mask,retrain<i>,soup,imp,imp_mask}.pt``, each with a ``.json`` next to it (a run's
+results without its state, a mask's counts, a soup's accuracy and parameter counts),
+``soups.json`` (written after every cycle) and ``soups.md`` (the table).
+
+Resume: running the same soup into the same folder (same ``soup_spec.json``) continues it. A
+piece is finished when its ``.pt`` and its ``.json`` both exist and read back; each is written
+atomically (a temporary sibling renamed over it), the ``.json`` after the ``.pt``. A finished
+piece is loaded, not computed again; any other (missing, a ``.pt`` without its ``.json``, a
+truncated file) is computed again, and a retrain interrupted mid-run starts again from its
+beginning (its run checkpoints are not kept). Every number of ``soups.json`` is read back from
+the pieces' files, so a resumed soup's ``soups.json`` is identical to an uninterrupted one's
+(CPU runs are deterministic; on a GPU, as deterministic as the runs). A folder holding another
+soup (a different ``soup_spec.json``) or anything else is refused, untouched; one process at a
+time works in a folder (a lock on ``soup_spec.json``). A soup stopped before anything was
+computed (a dense run that diverges) leaves the folder as it was.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
+import pickle
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -60,6 +77,7 @@ import torch
 
 from .config import RunConfig, parse_config
 from .errors import ConfigError
+from .runfolder import EXECUTION_KEYS
 
 VARY = ("seed", "weight_decay")
 
@@ -131,13 +149,109 @@ def check_soupable(strategy) -> None:
 # --------------------------------------------------------------------------- the pieces
 def _train_and_save(item: dict) -> dict:
     """Executor entry (top level, picklable): run ``item["config"]``, save the final model's
-    state dict to ``item["state_path"]``, return the results without the state."""
+    state dict to ``item["state_path"]`` and then the results without the state next to it
+    (``.json``), both atomically: together they are a finished piece. Returns the results."""
     from .runner import run
 
     res = run(item["config"])
-    torch.save(res.pop("_state")["model"], item["state_path"])
+    state = res.pop("_state")["model"]
     res.pop("_curve", None)
+    _save_piece(Path(item["state_path"]), state, res)
     return res
+
+
+def _save_piece(pt: Path, state, info: dict) -> None:
+    """``pt`` and then ``pt.json``, each written atomically (a temporary sibling renamed over
+    it); the old ``.json`` goes first, so a ``.json`` always belongs to the ``.pt`` before it."""
+    from .io import atomic_torch_save, atomic_write_json
+
+    pt.with_suffix(".json").unlink(missing_ok=True)
+    atomic_torch_save(pt, state)
+    atomic_write_json(pt.with_suffix(".json"), info)
+
+
+def _load_piece(pt: Path):
+    """``(state, info)`` of a finished piece, or None when its ``.pt`` or ``.json`` is missing or
+    cannot be read (a half-written or truncated file): that piece is computed again."""
+    js = pt.with_suffix(".json")
+    if not (pt.is_file() and js.is_file()):
+        return None
+    try:
+        return torch.load(pt, weights_only=True), json.loads(js.read_text())
+    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError):
+        return None
+
+
+def _piece(pt: Path, make: Callable[[], tuple]) -> tuple:
+    """The finished piece at ``pt``, or ``make()``'s ``(state, info)`` saved there. Either way
+    ``info`` is what its ``.json`` reads back, so a resumed soup sees the same numbers."""
+    done = _load_piece(pt)
+    if done is None:
+        state, info = make()
+        _save_piece(pt, state, info)
+        done = state, json.loads(pt.with_suffix(".json").read_text())
+    return done
+
+
+def _runs(ex, items: list[dict]) -> list[tuple]:
+    """``(state, results)`` of each run: finished pieces are loaded, the others run first
+    (together, through the executor) from their beginning."""
+    done = [_load_piece(Path(it["state_path"])) for it in items]
+    for _ in ex.map(_train_and_save, [it for it, d in zip(items, done) if d is None]):
+        pass
+    out = []
+    for it, d in zip(items, done):
+        d = d or _load_piece(Path(it["state_path"]))
+        if d is None:
+            raise RuntimeError(f"the run saving {it['state_path']} finished but its files cannot be read back")
+        out.append(d)
+    return out
+
+
+# --------------------------------------------------------------------------- the folder
+SPEC = "soup_spec.json"
+
+
+def _differences(a, b, path: str = "") -> list[str]:
+    """The dotted keys where two specs differ (``config.train.lr``, ``retrains``)."""
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return [] if a == b else [path or "the whole file"]
+    out = []
+    for k in sorted(set(a) | set(b)):
+        out += _differences(a.get(k), b.get(k), f"{path}.{k}" if path else k)
+    return out
+
+
+def _numbers_of(spec):
+    """What a spec's results depend on: as run folders do, the config's execution keys (device,
+    threads, tracking, checkpoint) are left out, so a soup resumes on another device."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("config"), dict):
+        return spec
+    return dict(spec, config={k: v for k, v in spec["config"].items() if k not in EXECUTION_KEYS})
+
+
+def check_soup_folder(out: Path, spec: dict) -> bool:
+    """True when ``out`` holds this soup (its ``soup_spec.json`` equals ``spec``): resume it;
+    False when it is missing or empty: start. Anything else is refused, untouched."""
+    if not out.exists():
+        return False
+    if out.is_dir():
+        entries = [p for p in out.iterdir() if not p.name.startswith(f".{SPEC}.tmp-")]  # killed writing the spec
+        if not entries:
+            return False
+        try:
+            stored = json.loads((out / SPEC).read_text())
+        except (OSError, ValueError):
+            stored = None
+        if _numbers_of(stored) == _numbers_of(spec):
+            return True
+        if isinstance(stored, dict) and stored.get("method") == spec["method"]:
+            raise ConfigError(f"soup folder {out} holds another soup (its {SPEC} differs in "
+                              f"{', '.join(_differences(_numbers_of(stored), _numbers_of(spec)))}); nothing was "
+                              "overwritten. Choose another "
+                              "--out, remove it yourself, or resume it with the settings that made it")
+    raise ConfigError(f"run folder {out} already exists and is not empty (and is not a soup's folder: no {SPEC}); "
+                      "nothing was overwritten. Choose another --out, or remove it yourself")
 
 
 def average_states(states: Sequence[dict]) -> dict:
@@ -230,7 +344,8 @@ def sparse_model_soups(config: dict | RunConfig, out_dir: str | Path, *, cycles:
     the best and mean single retrain, IMP's, and the parameter counts. ``on_cycle(row)`` is
     called as each cycle (0: dense) finishes."""
     from .executor import get_executor
-    from .runner import build_strategy, check_out_dir
+    from .io import atomic_write_json, strict_json_dumps
+    from .runner import build_strategy
 
     cfg = config if isinstance(config, RunConfig) else parse_config(config)
     base = cfg.to_dict()
@@ -239,7 +354,9 @@ def sparse_model_soups(config: dict | RunConfig, out_dir: str | Path, *, cycles:
     schedule = check_schedule(sparsities) if sparsities is not None else geometric_sparsities(sparsity, cycles)
     values = retrain_values(vary, retrains, cfg.seed, weight_decays)
     out = Path(out_dir)
-    check_out_dir(out)
+    spec = json.loads(strict_json_dumps({"method": "sparse-model-soups", "config": base, "schedule": schedule,
+                                         "values": values, "vary": vary, "retrains": retrains}))
+    resume = check_soup_folder(out, spec)
     check_soupable(build_strategy(cfg))
     models = _Models(cfg)
     probe = build_strategy(cfg)  # masks a method creates in setup (GraNet, SparCL) show only then
@@ -247,15 +364,47 @@ def sparse_model_soups(config: dict | RunConfig, out_dir: str | Path, *, cycles:
     check_soupable(probe)
     ex = get_executor(executor, workers)
     getattr(ex, "connect", lambda: None)()  # one pool (or Ray) for every cycle
+    created = not out.exists()
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        return _cycles(ex, out, base, schedule, values, vary, retrains, models, on_cycle)
+        if not resume:
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(out / SPEC, spec)
+        with _locked(out):
+            for tmp in out.rglob(".*.tmp-*"):  # half-written files of a killed run (we hold the lock)
+                tmp.unlink(missing_ok=True)
+            try:
+                return _cycles(ex, out, base, schedule, values, vary, retrains, models, on_cycle)
+            except BaseException:
+                if not resume and [p.name for p in out.iterdir()] == [SPEC]:  # nothing computed (a diverged
+                    (out / SPEC).unlink()  # dense run): leave the folder as it was, free for a corrected soup
+                    if created:
+                        out.rmdir()
+                raise
     finally:
         getattr(ex, "close", lambda: None)()
 
 
+@contextlib.contextmanager
+def _locked(out: Path):
+    """One process at a time in a soup folder: a lock on its spec, released when the process
+    ends, even by kill -9."""
+    from .runfolder import Lock, RunFolderError
+
+    try:
+        lock = Lock(out / SPEC).__enter__()
+    except RunFolderError:
+        raise RunFolderError(f"soup folder {out} is being written by another process right now; wait for it, "
+                             "or choose another --out") from None
+    try:
+        yield
+    finally:
+        lock.__exit__()
+
+
 def _cycles(ex, out: Path, base: dict, schedule: list[float], values: list, vary: str, retrains: int,
             models: _Models, on_cycle) -> dict:
+    """The dense run and the cycles. Every piece (``X.pt`` with its ``X.json``) already finished
+    in ``out`` is loaded instead of computed."""
     from .io import atomic_write_json, atomic_write_text
 
     def retrain_config(value, init: Path, mask: Path) -> dict:
@@ -264,12 +413,18 @@ def _cycles(ex, out: Path, base: dict, schedule: list[float], values: list, vary
         c["train"]["seed" if vary == "seed" else "weight_decay"] = value
         return parse_config(c).to_dict()  # validated (the files exist now)
 
+    def pruned(path: Path, state: dict, previous: dict | None, s: float) -> tuple[dict, dict]:
+        def make():  # the masks and their counts
+            masks = models.prune(state, previous, s)
+            return masks, {"sparsity": s, "kept": sum(int(m.sum()) for m in masks.values()),
+                           "weights": sum(m.numel() for m in masks.values())}
+        return _piece(path, make)
+
     results = {"method": "sparse-model-soups", "paper": "Zimmer, Spiegel & Pokutta 2024 (ICLR)",
                "config": base, "cycles": len(schedule), "retrains": retrains, "vary": vary, "values": values,
                "schedule": schedule, "split": models.split}
     dense_path = out / "dense.pt"
-    (dense_res,) = list(ex.map(_train_and_save, [{"config": base, "state_path": str(dense_path.resolve())}]))
-    dense = torch.load(dense_path, weights_only=True)
+    ((dense, dense_res),) = _runs(ex, [{"config": base, "state_path": str(dense_path.resolve())}])
     per = dense_res["accuracy_matrix"][-1]
     results["dense"] = dict(_entry(per), parameters=models.counts(dense, None))
     rows = [{"cycle": 0, "sparsity": 0.0, "soup": results["dense"]["accuracy"], "best": None, "mean": None,
@@ -282,34 +437,33 @@ def _cycles(ex, out: Path, base: dict, schedule: list[float], values: list, vary
     soup_path = imp_path = dense_path
     for k, s in enumerate(schedule, start=1):
         folder = out / f"cycle{k}"
-        folder.mkdir()
-        masks = models.prune(soup, soup_masks, s)
-        torch.save(masks, folder / "mask.pt")
+        folder.mkdir(exist_ok=True)
+        masks, mask_info = pruned(folder / "mask.pt", soup, soup_masks, s)
         items = [{"config": retrain_config(v, soup_path, folder / "mask.pt"),
                   "state_path": str((folder / f"retrain{i}.pt").resolve())} for i, v in enumerate(values)]
         if k > 1:  # IMP's own chain (its cycle 1 is the first retrain)
-            imp_masks = models.prune(imp, imp_masks, s)
-            torch.save(imp_masks, folder / "imp_mask.pt")
+            imp_masks, _ = pruned(folder / "imp_mask.pt", imp, imp_masks, s)
             items.append({"config": retrain_config(values[0], imp_path, folder / "imp_mask.pt"),
                           "state_path": str((folder / "imp.pt").resolve())})
-        runs = list(ex.map(_train_and_save, items))
-        states = [torch.load(it["state_path"], weights_only=True) for it in items[:retrains]]
-        soup = average_states(states)
+        done = _runs(ex, items)
+        runs = [r for _, r in done]
+
+        def make_soup():
+            soup = average_states([st for st, _ in done[:retrains]])
+            return soup, {"soup": _entry(models.accuracy(soup)), "parameters": models.counts(soup, masks)}
+
         soup_path = folder / "soup.pt"
-        torch.save(soup, soup_path)
+        soup, soup_info = _piece(soup_path, make_soup)
         soup_masks = masks
+        last = 0 if k == 1 else -1  # IMP's model: the first retrain in cycle 1, its own run after
+        (imp, imp_res), imp_path = done[last], Path(items[last]["state_path"])
         if k == 1:
-            imp_masks, imp_path, imp_res = masks, Path(items[0]["state_path"]), runs[0]
-            imp = states[0]
-        else:
-            imp_path, imp_res = folder / "imp.pt", runs[-1]
-            imp = torch.load(imp_path, weights_only=True)
+            imp_masks = masks
         retrain_rows = [dict(_entry(r["accuracy_matrix"][-1]), value=v) for r, v in zip(runs, values)]
-        soup_entry = _entry(models.accuracy(soup))
-        counts = models.counts(soup, masks)
-        cycle = {"cycle": k, "sparsity": s, "measured_sparsity": 1 - sum(int(m.sum()) for m in masks.values())
-                 / sum(m.numel() for m in masks.values()), "parameters": counts, "soup": soup_entry,
-                 "retrains": retrain_rows, "best_retrain": max(r["accuracy"] for r in retrain_rows),
+        soup_entry, counts = soup_info["soup"], soup_info["parameters"]
+        cycle = {"cycle": k, "sparsity": s, "measured_sparsity": 1 - mask_info["kept"] / mask_info["weights"],
+                 "parameters": counts, "soup": soup_entry, "retrains": retrain_rows,
+                 "best_retrain": max(r["accuracy"] for r in retrain_rows),
                  "mean_retrain": _mean([r["accuracy"] for r in retrain_rows]),
                  "imp": _entry(imp_res["accuracy_matrix"][-1])}
         results["cycle_results"].append(cycle)

@@ -45,7 +45,8 @@ def _floats(text: str | None, option: str) -> list[float] | None:
               help="What differs between the retrains: batch order (train.seed) or weight decay.")
 @click.option("--weight-decays", metavar="W1,W2,...", help="--vary weight_decay: one per retrain "
                                                            "(default 0, 1e-5, 1e-4, ...).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Output folder (must not exist or be empty).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="Output folder: new or empty, or this same soup's folder to resume it.")
 @executor_options
 @trust_options
 def soup_cmd(config_file, benchmark, scenario, strategy, seed, iterations, epochs, data_dir, device, overrides,
@@ -54,9 +55,9 @@ def soup_cmd(config_file, benchmark, scenario, strategy, seed, iterations, epoch
     """Sparse Model Soups (Zimmer, Spiegel & Pokutta, ICLR 2024) of a continual run: the dense run,
     then per cycle a global magnitude prune of the previous soup and --retrains runs from it with the
     mask fixed, averaged into the next soup. Prints, per cycle, the sparsity, the soup's accuracy,
-    the best and mean single retrain's, IMP's (one retrain per cycle) and the nonzero parameters."""
+    the best and mean single retrain's, IMP's (one retrain per cycle) and the nonzero parameters.
+    The same command again into the same --out resumes an interrupted soup (finished runs reused)."""
     from ..config import load_config_file, parse_config
-    from ..runner import check_out_dir
     from ..soups import sparse_model_soups, table_markdown
 
     apply_trust(allow_module, trust_config)
@@ -68,7 +69,6 @@ def soup_cmd(config_file, benchmark, scenario, strategy, seed, iterations, epoch
     cfg = parse_config(data)
     out = Path(out_dir) if out_dir else Path("runs") / (f"{cfg.benchmark.name}-soup-{cfg.strategy.name}-s{cfg.seed}-"
                                                         f"{time.strftime('%Y%m%d-%H%M%S')}")
-    check_out_dir(out)
 
     def show(row):
         label = "dense" if row["cycle"] == 0 else f"cycle {row['cycle']}"

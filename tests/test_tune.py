@@ -328,6 +328,18 @@ def test_a_killed_tune_resumes_without_redoing_finished_trials(tmp_path):
     assert len(retried) == 1 and retried[0].params == running[0].params
     res = json.loads((interrupted / "results.json").read_text())
     assert res["checkpoints"]["resumed_from"] is not None  # the run continued from its checkpoint
+    # and the study is the one an uninterrupted tune makes: the same trials, in order, number for number
+    from lifelong.studystore import trials_frame
+    from lifelong.tuning import tune
+
+    tune(parse_spec(yaml.safe_load(spec.read_text())), tmp_path / "whole", ["er"], select_only=True,
+         log=lambda m: None)
+
+    def complete(out):
+        return [(t["params"], t["value"]) for t in trials_frame(open_storage(None, out), name)
+                if t["state"] == "COMPLETE"]
+
+    assert complete(out) == complete(tmp_path / "whole")
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # ask-and-tell with a heartbeat storage, as the driver

@@ -6,6 +6,7 @@
 | ``space.py`` | search spaces: ranges, log scale, choices, conditionals per strategy |
 | ``protocols.py`` | reality-check, current-task validation, tune-on-test: what a study selects on |
 | ``trial.py`` | one trial anywhere (a picklable entry): run, report, prune |
+| ``sampling.py`` | Optuna samplers seeded per trial: a resumed tune suggests what an uninterrupted one would |
 | ``driver.py`` | studies in Optuna storage, ask-and-tell in batches through an executor, phase 2 |
 
 See docs/tuning.md.

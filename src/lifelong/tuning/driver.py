@@ -5,7 +5,9 @@ best config on the report benchmarks with every seed (phase 2) and write the out
 Ask-and-tell in batches of ``budget.parallel`` keeps the search a function of the spec and the
 sampler's seed: the same spec gives the same trials, whatever executor runs them (with a pruner,
 a batch's trials may see each other's intermediate values in any order; with ``pruner: none``
-or ``parallel: 1`` the numbers are identical).
+or ``parallel: 1`` the numbers are identical), and each trial draws with a random state derived
+from the seed and its place in the study (sampling.py), so a resumed tune suggests what an
+uninterrupted one would have.
 
 The study lives in its storage (SQLite in the output folder by default, or a PostgreSQL URL),
 so a killed tune rerun with the same command continues: finished trials are kept, a trial
@@ -56,14 +58,14 @@ def study_name(prefix: str, target: Target, protocol: str) -> str:
 
 
 def _sampler(spec: TuneSpec, space: SearchSpace, strategy: str | None):
-    import optuna
+    """Each trial's suggestions depend on the study seed, its place in the study and the trials
+    finished before it, never on the sampler object's life: a resumed tune continues exactly as
+    an uninterrupted one (tuning/sampling.py)."""
+    from .sampling import make_sampler
 
     s = spec.study
-    if s.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=min(10, spec.budget.trials))
-    if s.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=s.seed)
-    return optuna.samplers.GridSampler(space.grid(strategy), seed=s.seed)
+    grid = space.grid(strategy) if s.sampler == "grid" else None
+    return make_sampler(s.sampler, s.seed, n_startup_trials=min(10, spec.budget.trials), grid=grid)
 
 
 def _pid_alive(pid: int) -> bool:

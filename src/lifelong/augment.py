@@ -24,6 +24,11 @@ order is fixed):
 
 The output has the input's shape, dtype and device and is clamped to the input batch's value
 range ``[x.min(), x.max()]``; the input is never modified.
+
+``aug(x, g)`` is ``aug.apply([x], [aug.draw(x, g)])[0]``: a method that needs several views
+(OnPro: four per step) can draw each view's random numbers where its algorithm draws them and
+compute all views in one pass, with the same numbers bit for bit (at batch 10 the cost of an
+augmentation is its dozens of small operations, not its pixels).
 """
 from __future__ import annotations
 
@@ -39,34 +44,50 @@ def _uniform(n: int, low: float, high: float, generator: torch.Generator, device
     return (low + (high - low) * torch.rand(n, generator=generator)).to(device)
 
 
+def _crop_draws(b: int, scale: tuple[float, float], generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """:func:`resized_crop`'s random numbers (CPU): area fractions, aspect ratios, two U(0, 1) for the centre."""
+    area = _uniform(b, scale[0], scale[1], generator, "cpu")
+    ratio = torch.exp(_uniform(b, math.log(3 / 4), math.log(4 / 3), generator, "cpu"))
+    return area, ratio, torch.rand(b, generator=generator), torch.rand(b, generator=generator)
+
+
+def _resized_crop(x: torch.Tensor, area, ratio, ux, uy, flip: torch.Tensor | None) -> torch.Tensor:
+    w = torch.sqrt(area * ratio).clamp(max=1.0)    # fractions of the width / height
+    h = torch.sqrt(area / ratio).clamp(max=1.0)
+    cx = (ux * 2 - 1) * (1 - w)  # centre, normalised coordinates
+    cy = (uy * 2 - 1) * (1 - h)
+    sx = w if flip is None else torch.where(flip.cpu(), -w, w)
+    theta = torch.zeros(len(x), 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx, cx, h, cy
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 def resized_crop(x: torch.Tensor, scale: tuple[float, float], generator: torch.Generator,
                  flip: torch.Tensor | None = None) -> torch.Tensor:
     """A random crop of each image (area fraction in ``scale``, aspect ratio in (3/4, 4/3)),
     resized to the image's size; ``flip`` (B,) bool mirrors the chosen images."""
-    b, dev = len(x), x.device
-    area = _uniform(b, scale[0], scale[1], generator, "cpu")
-    ratio = torch.exp(_uniform(b, math.log(3 / 4), math.log(4 / 3), generator, "cpu"))
-    w = torch.sqrt(area * ratio).clamp(max=1.0)    # fractions of the width / height
-    h = torch.sqrt(area / ratio).clamp(max=1.0)
-    cx = (torch.rand(b, generator=generator) * 2 - 1) * (1 - w)  # centre, normalised coordinates
-    cy = (torch.rand(b, generator=generator) * 2 - 1) * (1 - h)
-    sx = w if flip is None else torch.where(flip.cpu(), -w, w)
-    theta = torch.zeros(b, 2, 3)
-    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx, cx, h, cy
-    grid = F.affine_grid(theta.to(dev, x.dtype), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return _resized_crop(x, *_crop_draws(len(x), scale, generator), flip)
+
+
+def _pad_crop(x: torch.Tensor, padding: int, dy: torch.Tensor, dx: torch.Tensor, fill: float) -> torch.Tensor:
+    b, _, hgt, wid = x.shape
+    p, dev = padding, x.device
+    padded = F.pad(x, (p, p, p, p), value=fill)
+    dy, dx = dy.to(dev), dx.to(dev)
+    rows = (torch.arange(hgt, device=dev) + dy[:, None])[:, :, None]
+    cols = (torch.arange(wid, device=dev) + dx[:, None])[:, None, :]
+    return padded[torch.arange(b, device=dev)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
+
+
+def _shift_draws(b: int, padding: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.randint(0, 2 * padding + 1, (b,), generator=generator),
+            torch.randint(0, 2 * padding + 1, (b,), generator=generator))
 
 
 def pad_crop(x: torch.Tensor, padding: int, generator: torch.Generator, fill: float = 0.0) -> torch.Tensor:
     """Pad ``padding`` pixels of ``fill`` on each side and cut a random window of the original size."""
-    b, _, hgt, wid = x.shape
-    p, dev = padding, x.device
-    padded = F.pad(x, (p, p, p, p), value=fill)
-    dy = torch.randint(0, 2 * p + 1, (b,), generator=generator).to(dev)
-    dx = torch.randint(0, 2 * p + 1, (b,), generator=generator).to(dev)
-    rows = (torch.arange(hgt, device=dev) + dy[:, None])[:, :, None]
-    cols = (torch.arange(wid, device=dev) + dx[:, None])[:, None, :]
-    return padded[torch.arange(b, device=dev)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
+    return _pad_crop(x, padding, *_shift_draws(len(x), padding, generator), fill)
 
 
 @dataclass(frozen=True)
@@ -96,27 +117,64 @@ class Augment:
                 raise ValueError(f"Augment: {name} must be {what}, got {getattr(self, name)!r}")
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.apply([x], [self.draw(x, generator)])[0]
+
+    def draw(self, x: torch.Tensor, generator: torch.Generator) -> dict:
+        """The random numbers of one view of ``x`` (CPU tensors), drawn as ``__call__`` draws them.
+        With :meth:`apply` a method can draw several views in its own order and compute them in
+        one pass: ``aug.apply([x, y], [aug.draw(x, g), aug.draw(y, g)])`` equals
+        ``[aug(x, g), aug(y, g)]`` bit for bit."""
         if x.ndim != 4:
             raise ValueError(f"Augment needs (B, C, H, W) images, got shape {tuple(x.shape)}")
-        b, c, dev = len(x), x.shape[1], x.device
-        lo, hi = x.min(), x.max()
-        flip = torch.rand(b, generator=generator) < self.flip_p
+        b, c = len(x), x.shape[1]
+        d = {"flip": torch.rand(b, generator=generator) < self.flip_p}
         if self.crop == "resized":
-            out = resized_crop(x, self.crop_scale, generator, flip)
+            d["crop"] = _crop_draws(b, self.crop_scale, generator)
+        elif self.crop == "pad" and self.crop_padding > 0:
+            d["shift"] = _shift_draws(b, self.crop_padding, generator)
+        if self.jitter_p > 0:
+            d["jitter"] = (torch.rand(b, generator=generator) < self.jitter_p,
+                           _uniform(b, 1 - self.brightness, 1 + self.brightness, generator, "cpu"),
+                           _uniform(b, 1 - self.contrast, 1 + self.contrast, generator, "cpu"))
+        if self.grayscale_p > 0 and c == 3:
+            d["gray"] = torch.rand(b, generator=generator) < self.grayscale_p
+        return d
+
+    def apply(self, xs: list[torch.Tensor], draws: list[dict]) -> list[torch.Tensor]:
+        """The views of the batches ``xs`` (same image shape and device) from their :meth:`draw`,
+        computed together; each is clamped to its own batch's value range."""
+        x = torch.cat(xs) if len(xs) > 1 else xs[0]
+        dev = x.device
+
+        def joined(key: str) -> tuple[torch.Tensor, ...]:
+            parts = [d[key] for d in draws]
+            if isinstance(parts[0], tuple):
+                return tuple(torch.cat(p) if len(p) > 1 else p[0] for p in zip(*parts))
+            return (torch.cat(parts) if len(parts) > 1 else parts[0],)
+
+        (flip,) = joined("flip")
+        if self.crop == "resized":
+            out = _resized_crop(x, *joined("crop"), flip)
         else:
-            pad = self.crop == "pad" and self.crop_padding > 0
-            out = pad_crop(x, self.crop_padding, generator, float(lo)) if pad else x
+            if "shift" in draws[0]:
+                out = [_pad_crop(v, self.crop_padding, *d["shift"], float(v.min())) for v, d in zip(xs, draws)]
+                out = torch.cat(out) if len(out) > 1 else out[0]
+            else:
+                out = x
             out = torch.where(flip.to(dev)[:, None, None, None], out.flip(3), out)
         if self.jitter_p > 0:
-            on = (torch.rand(b, generator=generator) < self.jitter_p).to(dev)[:, None, None, None]
-            bright = _uniform(b, 1 - self.brightness, 1 + self.brightness, generator, dev)[:, None, None, None]
-            contr = _uniform(b, 1 - self.contrast, 1 + self.contrast, generator, dev)[:, None, None, None]
+            on, bright, contr = (v.to(dev)[:, None, None, None] for v in joined("jitter"))
             j = out * bright
             mean = j.mean(dim=(1, 2, 3), keepdim=True)
             j = (j - mean) * contr + mean
             out = torch.where(on, j, out)
-        if self.grayscale_p > 0 and c == 3:
-            on = (torch.rand(b, generator=generator) < self.grayscale_p).to(dev)[:, None, None, None]
+        if "gray" in draws[0]:
+            on = joined("gray")[0].to(dev)[:, None, None, None]
             lum = (0.299 * out[:, 0] + 0.587 * out[:, 1] + 0.114 * out[:, 2]).unsqueeze(1).expand_as(out)
             out = torch.where(on, lum, out)
-        return out.clamp(lo, hi).to(x.dtype)
+        if len(xs) == 1:
+            return [out.clamp(x.min(), x.max()).to(x.dtype)]
+        sizes = torch.tensor([len(v) for v in xs], device=dev)
+        lo = torch.stack([v.min() for v in xs]).repeat_interleave(sizes)[:, None, None, None]
+        hi = torch.stack([v.max() for v in xs]).repeat_interleave(sizes)[:, None, None, None]
+        return list(out.clamp(lo, hi).to(x.dtype).split([len(v) for v in xs]))

@@ -38,6 +38,14 @@ afterwards, we (task-free) always train it on the stream batch's view and the AP
 joined; flips are off by default (digits); while the memory is empty we train the stream batch
 alone. Classes whose prototype is known but that are no longer stored are left out of the pair
 distribution (the code substitutes a random stored class).
+
+How a step is computed (issue 14; the numbers of one call per view up to the matrix products'
+summation order, tests/test_online_step_speed.py): the random numbers of the four augmented
+views are drawn in the method's order and the views computed in one augmentation pass
+(``Augment.draw`` / ``Augment.apply``); one backbone forward covers the stream batch's second
+view, its classification view, the memory batch, its second view and APF's batch, one
+projection all contrastive rows (one forward per view when the backbone has batch norm in
+training mode: its statistics depend on the batch); APF looks its pair samples up at once.
 """
 from typing import Annotated, Literal, Optional
 
@@ -137,12 +145,16 @@ class OnPro(ContrastiveReplay):
     def param_groups(self):
         return [{"params": list(self.model.parameters()) + list(self.proj_.parameters())}]
 
-    def view(self, x):
+    def _augmenter(self, x) -> Optional[Augment]:
+        """The view's augmentation for images ``x``; ``None`` (views are the inputs) otherwise."""
         if x.ndim != 4:
-            return x
-        aug = Augment(crop=self.onpro_aug_crop, crop_scale=(0.3, 1.0), crop_padding=max(1, x.shape[-1] // 8),
-                      flip_p=0.5 if self.onpro_aug_flip else 0.0, jitter_p=0.0, grayscale_p=0.25)
-        return aug(x, self.generator)
+            return None
+        return Augment(crop=self.onpro_aug_crop, crop_scale=(0.3, 1.0), crop_padding=max(1, x.shape[-1] // 8),
+                       flip_p=0.5 if self.onpro_aug_flip else 0.0, jitter_p=0.0, grayscale_p=0.25)
+
+    def view(self, x):
+        aug = self._augmenter(x)
+        return x if aug is None else aug(x, self.generator)
 
     def augment(self, batch):
         return batch  # the memory batch is drawn in ``loss`` (APF needs its own draw)
@@ -169,17 +181,20 @@ class OnPro(ContrastiveReplay):
         ya, yb, lams = [y[:n_base]], [y[:n_base][partner]], [lam]
         n_pair = len(y) - n_base
         mem = self.buffer_.get()
-        stored = torch.bincount(mem["y"], minlength=len(self.classes_mean_)) > 0
-        known = (self.classes_mean_.abs().sum(1) > 0) & stored.to(self.classes_mean_.device)
+        counts = torch.bincount(mem["y"], minlength=len(self.classes_mean_))
+        known = (self.classes_mean_.abs().sum(1) > 0) & (counts > 0).to(self.classes_mean_.device)
         classes = known.nonzero().flatten()
         if n_pair > 0 and len(classes) >= 2:
             pairs, p = pair_probabilities(self.classes_mean_[classes])
             drawn = classes[pairs[torch.multinomial(p.cpu(), n_pair, replacement=True, generator=self.generator)]]
-            picks = []
-            for c in drawn.flatten().tolist():  # one random stored sample of class c
-                where = (mem["y"] == c).nonzero().flatten()
-                picks.append(where[torch.randint(len(where), (1,), generator=self.generator).item()])
-            picks = torch.stack(picks).view(n_pair, 2)
+            # one random stored sample of each drawn class c: the r-th of its n_c slots (in slot order),
+            # r ~ U{0..n_c - 1} drawn one class at a time; the slots are then looked up all at once
+            n_of = counts.tolist()
+            r = [int(torch.randint(n_of[c], (1,), generator=self.generator)) for c in drawn.flatten().tolist()]
+            by_class = torch.argsort(mem["y"], stable=True)   # slots grouped by class, each group in slot order
+            first = counts.cumsum(0) - counts
+            picks = by_class[first[drawn.flatten().to(first.device)] + torch.tensor(r, device=first.device)]
+            picks = picks.view(n_pair, 2)
             lam = self._lam(n_pair, beta=True)
             xs.append(_mix(mem["x"][picks[:, 0]], mem["x"][picks[:, 1]], lam))
             ya.append(mem["y"][picks[:, 0]]), yb.append(mem["y"][picks[:, 1]]), lams.append(lam)
@@ -188,29 +203,61 @@ class OnPro(ContrastiveReplay):
         return torch.cat(xs), torch.cat(ya), torch.cat(yb), torch.cat(lams)
 
     # -- loss ---------------------------------------------------------------------------------
-    def _two_views(self, x, h=None):
-        h1 = self.model.features(x) if h is None else h
-        z = F.normalize(self.proj_(torch.cat([h1, self.model.features(self.view(x))])), dim=1)
-        return z[:len(x)], z[len(x):]
+    def _features(self, groups: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+        """Backbone features of every tensor in ``groups``: one forward over all of them, or, when
+        the backbone has a batch-norm layer in training mode (its statistics are those of the
+        batch it sees), one forward per group, the batches the method is defined on."""
+        flat = [t for g in groups for t in g]
+        if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+                   for m in self.model.backbone.modules()):
+            return list(self.model.features(torch.cat(flat)).split([len(t) for t in flat]))
+        return [h for g in groups for h in self.model.features(torch.cat(g)).split([len(t) for t in g])]
 
     def loss(self, logits, batch):
+        # Every input is prepared first, its random numbers drawn in the order of the method (the
+        # stream's second view, its classification view, the memory draw, the memory's second view,
+        # APF, the view of APF's batch); then all views are computed at once, one backbone forward
+        # and one projection go over all rows (the numbers of one forward per view up to the matrix
+        # products' summation order; per view when the backbone has batch norm in training mode).
         x, y = batch.x, batch.y
-        z1, z2 = self._two_views(x, self.features_of(batch))
+        n = len(y)
+        aug = self._augmenter(x)
+        views = []  # (input, its augmentation draws): drawn in order, computed in one pass below
+
+        def draw(v):
+            views.append((v, aug.draw(v, self.generator) if aug is not None else None))
+
+        draw(x)   # the stream batch's second view
+        draw(x)   # its classification view
+        ce_a, ce_b, ce_lam = y, y, y.new_zeros(n, dtype=torch.float)
+        memory = len(self.buffer_) > 0
+        if memory:
+            n_seen = int((torch.bincount(self.buffer_.y[:len(self.buffer_)]) > 0).sum())
+            mx, my, _ = self.buffer_.sample(min(self.replay_batch_size or n, _PER_CLASS * n_seen), self.generator)
+            draw(mx)
+            fx, fa, fb, flam = self.feedback(mx, my)   # uses the prototypes of the previous step
+            draw(fx)
+            ce_a, ce_b, ce_lam = torch.cat([ce_a, fa]), torch.cat([ce_b, fb]), torch.cat([ce_lam, flam])
+        inputs = [v for v, _ in views]
+        if aug is not None:
+            inputs = aug.apply(inputs, [d for _, d in views])
+        if memory:
+            x2, ce_x, mx2, fx2 = inputs
+            h2, hm1, hm2, h_ce, h_f = self._features([[x2], [mx], [mx2], [ce_x, fx2]])
+            h2, h_ce = torch.cat([h2, hm1, hm2]), torch.cat([h_ce, h_f])
+        else:
+            h2, h_ce = self._features([[inputs[0]], [inputs[1]]])
+        z = F.normalize(self.proj_(torch.cat([self.features_of(batch), h2])), dim=1)
+        z1, z2 = z[:n], z[n:2 * n]
         loss = supcon_loss(torch.cat([z1, z2]), torch.cat([y, y]), self.onpro_ins_temperature)
         loss = loss + ope_loss(z1, z2, y, self.onpro_proto_temperature)[0]
-        ce_x, ce_a, ce_b, ce_lam = self.view(x), y, y, y.new_zeros(len(y), dtype=torch.float)
-        if len(self.buffer_) > 0:
-            n_seen = int((torch.bincount(self.buffer_.y[:len(self.buffer_)]) > 0).sum())
-            mx, my, _ = self.buffer_.sample(min(self.replay_batch_size or len(y), _PER_CLASS * n_seen), self.generator)
-            m1, m2 = self._two_views(mx)
+        if memory:
+            m1, m2 = z[2 * n:].chunk(2)
             loss = loss + supcon_loss(torch.cat([m1, m2]), torch.cat([my, my]), self.onpro_ins_temperature)
             seen, means = ope_loss(m1, m2, my, self.onpro_proto_temperature)
-            fx, fa, fb, flam = self.feedback(mx, my)   # uses the prototypes of the previous step
             self.classes_mean_.zero_()[:len(means)] = means
             loss = loss + seen
-            ce_x, ce_a, ce_b = torch.cat([ce_x, self.view(fx)]), torch.cat([ce_a, fa]), torch.cat([ce_b, fb])
-            ce_lam = torch.cat([ce_lam, flam])
-        out = self.masked(self.model.head(self.model.features(ce_x)))
+        out = self.masked(self.model.head(h_ce))
         ce_a, ce_b = F.cross_entropy(out, ce_a, reduction="none"), F.cross_entropy(out, ce_b, reduction="none")
         return loss + ((1 - ce_lam) * ce_a + ce_lam * ce_b).mean()
 

@@ -99,3 +99,21 @@ def test_method_grid_runs_its_cells_resumes_and_tabulates(tmp_path, capsys):
     assert "not run (scenario not supported): hnet (class)" in capsys.readouterr().out
     assert method_grid.main(argv + ["--table-only"]) == 0
     assert capsys.readouterr().out.count("| split-digits | task |") == 2
+
+
+def test_online_grid_runs_its_cells_reuses_them_and_tabulates(tmp_path, capsys, monkeypatch):
+    online_grid = pytest.importorskip("online_grid")
+    argv = ["--out", str(tmp_path / "o"), "--benchmarks", "split-digits", "--mems", "20", "--methods", "finetune,er",
+            "--seeds", "0"]
+    assert online_grid.main(argv) == 0
+    table = capsys.readouterr().out
+    assert "| split-digits | - | finetune | 1 |" in table and "| split-digits | 20 | er | 1 |" in table
+
+    def no_run(*a):
+        raise AssertionError("a finished run was run again")
+
+    monkeypatch.setattr(online_grid, "run_one", no_run)  # rerun: every finished run is reused
+    assert online_grid.main(argv) == 0
+    with pytest.raises(SystemExit):  # a method outside the grid is refused by name
+        online_grid.main(argv[:-4] + ["--methods", "ewc"])
+    assert "methods outside the grid: ewc" in capsys.readouterr().err

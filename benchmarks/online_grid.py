@@ -1,0 +1,160 @@
+"""Issue 14's evidence grid: online class-IL, every online replay method next to ER and
+fine-tuning, on Split MNIST, Split Fashion-MNIST and the 30-class MNIST -> Fashion-MNIST ->
+Animal-MNIST stream, with memories of 200, 500 and 1000 samples, 5 seeds.
+
+Setting (docs/methods-online.md): one pass over each experience in minibatches of 10
+(``online.batch_size=10``; the online accuracy of each incoming minibatch is recorded before the
+model trains on it), SGD lr 0.1, MLP 784-400-400, each method's other defaults, no continual
+evaluation, one torch thread. Fine-tuning and SHARP take no ``mem_size`` (SHARP stores hidden
+activations, ``sharp_per_class``): they run once per benchmark, in the memory column "-".
+
+Every (benchmark, memory, method, seed) is one ``lifelong run`` in ``OUT/<benchmark>/m<memory>/
+<method>/seed-<s>``; rerunning the command reuses finished runs and resumes interrupted ones.
+``--also FOLDER`` adds runs made elsewhere with the same settings (earlier sweeps): a seed found
+there is not run again. The table is read back from the runs' ``results.json``::
+
+    PYTHONPATH=src python benchmarks/online_grid.py --out runs/online-grid --also runs
+    PYTHONPATH=src python benchmarks/online_grid.py --out runs/online-grid --also runs --table-only
+    PYTHONPATH=src python benchmarks/online_grid.py --out runs/online-grid --benchmarks split-mnist --mems 200 \\
+        --methods er,derpp --seeds 0-1
+
+With ``--data-dir FOLDER`` holding CIFAR-10 (its ``cifar-10-batches-py`` python version) the
+same command runs ``--benchmarks split-cifar10``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+METHODS = ["finetune", "er", "er_ace", "der", "derpp", "mir", "gdumb", "scr", "pcr", "uer", "hpcr", "onpro", "sharp"]
+NO_MEMORY = {"finetune", "sharp"}  # they take no mem_size: one run per benchmark
+BENCHMARKS = ["split-mnist", "split-fashion-mnist", "mnist-fashion-animal"]
+MEMS = [200, 500, 1000]
+#: the settings every run of the grid shares (and a run found with --also must have)
+SETTINGS = {"online.batch_size": 10, "train.optimizer": "sgd", "train.lr": 0.1, "eval.every": None}
+
+
+def _seeds(text: str) -> list[int]:
+    out = []
+    for part in text.split(","):
+        a, _, b = part.partition("-")
+        out += list(range(int(a), int(b) + 1)) if b else [int(a)]
+    return out
+
+
+def _get(cfg: dict, dotted: str):
+    for k in dotted.split("."):
+        cfg = cfg.get(k) if isinstance(cfg, dict) else None
+    return cfg
+
+
+def key_of(r: dict) -> tuple[str, int | None, str] | None:
+    """(benchmark, memory or None, method) of a finished run with the grid's settings, else None."""
+    c = r.get("config", {})
+    if r.get("status") != "complete" or any(_get(c, k) != v for k, v in SETTINGS.items()):
+        return None
+    if _get(c, "benchmark.scenario") not in (None, "class") or _get(c, "model.name") != "mlp" \
+            or _get(c, "model.hidden") not in (None, [400, 400]):
+        return None
+    name = c["strategy"]["name"]
+    if set(c["strategy"]) - {"name", "mem_size"}:  # another setting of the method: not this grid's
+        return None
+    mem = None if name in NO_MEMORY else c["strategy"].get("mem_size")
+    if mem is None and name not in NO_MEMORY:
+        return None
+    return c["benchmark"]["name"], mem, name
+
+
+def collect(folders: list[Path]) -> dict[tuple, dict[int, dict]]:
+    """Finished runs of the grid's settings under ``folders``, by (benchmark, memory, method) and seed."""
+    found: dict[tuple, dict[int, dict]] = {}
+    for folder in folders:
+        for path in sorted(folder.rglob("results.json")):
+            try:
+                r = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            k = key_of(r)
+            if k is not None:
+                found.setdefault(k, {}).setdefault(int(r["seed"]), r)
+    return found
+
+
+def run_one(out: Path, bench: str, mem: int | None, method: str, seed: int, data_dir: str | None) -> int:
+    folder = out / bench / ("m-" if mem is None else f"m{mem}") / method / f"seed-{seed}"
+    cmd = [sys.executable, "-m", "lifelong.cli", "run", "--benchmark", bench, "--strategy", method,
+           "--seed", str(seed), "--quiet", "--out", str(folder), "--set", "threads=1"]
+    cmd += [a for k, v in SETTINGS.items() for a in ("--set", f"{k}={'null' if v is None else v}")]
+    if mem is not None:
+        cmd += ["--set", f"strategy.mem_size={mem}"]
+    if data_dir:
+        cmd += ["--data-dir", data_dir]
+    print("+", " ".join(cmd), flush=True)
+    return subprocess.call(cmd, stdout=subprocess.DEVNULL)
+
+
+def _ms(values: list[float]) -> str:
+    m = statistics.fmean(values) * 100
+    s = statistics.stdev(values) * 100 if len(values) > 1 else 0.0
+    return f"{m:.2f} ± {s:.2f}"
+
+
+def table(found: dict, benchmarks: list[str], mems: list[int], methods: list[str]) -> str:
+    lines = ["| benchmark | memory | method | seeds | final avg acc (%) | avg online acc (%) | forgetting (%) | "
+             "run s |", "|---|---|---|---|---|---|---|---|"]
+    for bench in benchmarks:
+        for mem in [None] + mems:
+            for m in methods:
+                if (mem is None) != (m in NO_MEMORY):
+                    continue
+                rs = list(found.get((bench, mem, m), {}).values())
+                if not rs:
+                    continue
+                online = [r["online_accuracy"] for r in rs if r.get("online_accuracy") is not None]
+                lines.append(f"| {bench} | {'-' if mem is None else mem} | {m} | {len(rs)} | "
+                             f"{_ms([r['average_accuracy'] for r in rs])} | {_ms(online) if online else '-'} | "
+                             f"{_ms([r['forgetting'] for r in rs])} | "
+                             f"{statistics.fmean(r['wall_time_s'] for r in rs):.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--also", type=Path, action="append", default=[],
+                    help="a folder of earlier runs with the same settings (repeatable)")
+    ap.add_argument("--benchmarks", default=",".join(BENCHMARKS))
+    ap.add_argument("--mems", default=",".join(map(str, MEMS)))
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--seeds", default="0-4")
+    ap.add_argument("--data-dir", help="a folder with a dataset that does not ship (e.g. CIFAR-10)")
+    ap.add_argument("--table-only", action="store_true")
+    args = ap.parse_args(argv)
+    benchmarks, methods = args.benchmarks.split(","), args.methods.split(",")
+    mems, seeds = [int(m) for m in args.mems.split(",")], _seeds(args.seeds)
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        ap.error(f"methods outside the grid: {', '.join(unknown)} (the grid's: {', '.join(METHODS)})")
+    folders = [args.out] + [f for f in args.also if f.resolve() != args.out.resolve()]
+    status = 0
+    if not args.table_only:
+        for mem in mems:  # the smallest memory first: every benchmark, then the next memory
+            for bench in benchmarks:
+                for m in methods:
+                    if m in NO_MEMORY and mem != mems[0]:
+                        continue
+                    key = (bench, None if m in NO_MEMORY else mem, m)
+                    done = collect(folders).get(key, {})
+                    for s in seeds:
+                        if s not in done:
+                            status |= run_one(args.out, bench, key[1], m, s, args.data_dir)
+    print(table(collect(folders), benchmarks, mems, methods))
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

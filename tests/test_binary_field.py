@@ -154,3 +154,15 @@ def test_models_other_than_the_plain_mlp_are_refused(name, kw):
     with pytest.raises(ConfigError, match="binary_field' trains binary weights of the MLP model only"):
         BinaryField().setup(model, "cpu", 0)
     assert isinstance(model, nn.Module)
+
+
+@pytest.mark.parametrize("strategy", ["binary_field", "binary_field+ewc"])
+def test_train_compile_is_refused_before_any_data_loads(strategy, monkeypatch):
+    # its layers' forward is swapped every step: a compiled backbone would recompile each time
+    from lifelong import runner
+
+    monkeypatch.setattr(runner, "build_benchmark", lambda *a: pytest.fail("data loaded before the refusal"))
+    cfg = {"benchmark": {"name": "split-digits", "scenario": "task"}, "strategy": {"name": strategy},
+           "train": {"compile": "eager", "iterations": 2}}
+    with pytest.raises(ConfigError, match="cannot run with train.compile: it swaps every linear layer's forward"):
+        runner.run(cfg)

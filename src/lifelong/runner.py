@@ -81,6 +81,9 @@ def run(config: RunConfig | dict, monitor=None, checkpointer=None, resume: dict 
     if task_free and not strategy.supports_task_free:
         raise ConfigError(f"strategy '{strategy.name}' needs experience boundaries (it acts in before_experience, "
                           f"train_data or after_experience), so it cannot run with online.task_free: true")
+    if cfg.train.compile and strategy.compile_refusal:
+        raise ConfigError(f"strategy '{strategy.name}' cannot run with train.compile: {strategy.compile_refusal}; "
+                          "remove train.compile")
     stream = build_benchmark(cfg.benchmark, cfg.seed)
     selection = bool(cfg.eval.selection)
     if selection:  # model selection: the test splits leave the run before anything trains

@@ -117,6 +117,9 @@ class Strategy:
     #: model's (a posterior over the weights, a hypernetwork that generates them): a member whose
     #: penalty or gradient edit acts on the model's parameters would change nothing it uses.
     own_parameters: ClassVar[bool] = False
+    #: Why ``train.compile`` cannot serve this method (None: it can). binary_field swaps its
+    #: layers' ``forward`` every step, which a compiled backbone would follow only by recompiling.
+    compile_refusal: ClassVar[str | None] = None
 
     @property
     def gradient_free(self) -> bool:
@@ -279,6 +282,10 @@ class Compose(Strategy):
     @property
     def supports_task_free(self) -> bool:
         return all(m.supports_task_free for m in self.members)
+
+    @property
+    def compile_refusal(self) -> str | None:
+        return next((m.compile_refusal for m in self.members if m.compile_refusal), None)
 
     def _one(self, hook: str) -> Strategy:
         return self._owner[hook] or self.members[0]

@@ -88,6 +88,9 @@ class BinaryField(Strategy):
     name = "binary_field"
     paper = ("Li, Huang, Zou & Huang, Statistical mechanics of continual learning: variational principle and "
              "mean-field potential, Phys. Rev. E 2023")
+    compile_refusal = ("it swaps every linear layer's forward for its binary version on each step, which a "
+                       "compiled backbone follows only by recompiling (7x slower on split digits, with "
+                       "other numbers)")
     scenarios = ("class", "task", "domain")
 
     def __init__(self, bfield_kl_weight: Annotated[float, Field(ge=0)] = 1.0,

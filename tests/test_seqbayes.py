@@ -165,3 +165,29 @@ def test_beats_finetuning_in_task_il_with_a_tiny_net():
     ft = _run(Strategy(), hidden=(4,)).metrics()
     assert seq["average_accuracy"] > ft["average_accuracy"] + 0.1, (seq, ft)
     assert seq["bwt"] > ft["bwt"] + 0.15, (seq, ft)
+
+
+def test_counts_hmc_cost_as_its_training_flops(monkeypatch):
+    # the loop trains nothing: results.json's training FLOPs are HMC's, every potential
+    # evaluation a pass over the task's data (3 x the forward with its gradient)
+    import lifelong.strategies.seqbayes as sb
+    from lifelong.sparse import forward_flops, strategy_flops
+
+    calls = []
+
+    def counting_hmc(potential, init, **kw):
+        def counted(z):
+            calls.append(z.requires_grad)
+            return potential(z)
+        return real_hmc(counted, init, **kw)
+
+    real_hmc = sb.hmc
+    monkeypatch.setattr(sb, "hmc", counting_hmc)
+    s = SeqBayes(seqbayes_samples=2, seqbayes_burn_in=2, seqbayes_leapfrog=3, seqbayes_max_data=30)
+    _run(s, hidden=(4,), iterations=1)
+    per = forward_flops(s.model, (1, 8, 8), task=0)
+    want = sum(3 if g else 1 for g in calls) * per * 30
+    assert strategy_flops(s) == {"training": want, "seqbayes_potential_evaluations": len(calls)} and want > 0
+    t = SeqBayes().setup(s.model, "cpu", 0)
+    t.load_extra_state(s.extra_state())
+    assert strategy_flops(t) == strategy_flops(s)  # a resumed run keeps the count

@@ -49,6 +49,7 @@ from torch.func import functional_call
 
 from ..errors import ConfigError
 from ..hmc import GaussianFit, hmc
+from ..sparse import forward_flops
 from .base import Strategy
 
 
@@ -98,6 +99,8 @@ class SeqBayes(Strategy):
         self.samples_: torch.Tensor | None = None      # (S, D) HMC samples of the latest posterior
         self.accept_: list[float] = []         # mean acceptance rate per experience
         self.step_sizes_: list[float] = []     # step size after burn-in per experience
+        self.flops_ = 0                        # HMC's cost: potential evaluations x data x forward FLOPs
+        self.potential_calls_ = 0              # (a gradient evaluation counts 3 forwards)
         return self
 
     def _check_size(self) -> int:
@@ -114,7 +117,8 @@ class SeqBayes(Strategy):
         return {"names": list(self.names_), "prior_mean": clone(self.prior_mean_),
                 "prior_std": clone(self.prior_std_), "prior_factor": clone(self.prior_factor_),
                 "samples": clone(self.samples_),
-                "accept": list(self.accept_), "step_sizes": list(self.step_sizes_)}
+                "accept": list(self.accept_), "step_sizes": list(self.step_sizes_),
+                "flops": self.flops_, "potential_calls": self.potential_calls_}
 
     def load_extra_state(self, state):
         move = lambda t: None if t is None else t.to(self.device).clone()  # noqa: E731
@@ -124,6 +128,13 @@ class SeqBayes(Strategy):
         self.samples_ = move(state["samples"])
         self.accept_ = [float(a) for a in state["accept"]]
         self.step_sizes_ = [float(s) for s in state["step_sizes"]]
+        self.flops_, self.potential_calls_ = int(state.get("flops", 0)), int(state.get("potential_calls", 0))
+
+    def training_flops(self) -> dict:
+        """HMC's cost, counted as it samples (``results.json``'s ``flops``; the loop trains nothing):
+        every evaluation of the potential runs the network on the task's data (3 x its forward
+        FLOPs with the gradient, as a training step)."""
+        return {"training": self.flops_, "seqbayes_potential_evaluations": self.potential_calls_}
 
     # -- the flat parameter vector ----------------------------------------------------------
     def _unflatten(self, theta: torch.Tensor, params: dict) -> dict[str, torch.Tensor]:
@@ -172,7 +183,11 @@ class SeqBayes(Strategy):
         was = self.model.training
         self.model.eval()  # no dropout or batch-statistics noise inside the potential
 
+        per_sample = forward_flops(self.model, tuple(x.shape[1:]), task=int(task[0]))
+
         def potential(z):  # whitened: the prior is N(0, I) in z
+            self.potential_calls_ += 1
+            self.flops_ += (3 if z.requires_grad else 1) * per_sample * len(x)
             logits = functional_call(self.model, self._unflatten(prior.unwhiten(z), params), (x, task))
             return F.cross_entropy(logits, y, reduction="sum") + 0.5 * (z @ z)
 

@@ -301,6 +301,8 @@ def test_models_take_a_batch_norm_option():
     ({"strategy": {"name": "cotta", "cotta_augmentations": 0}}, "strategy.cotta_augmentations"),
     ({"strategy": {"name": "cotta", "cotta_threshold": 2}}, "strategy.cotta_threshold"),
     ({"strategy": {"name": "tent+cotta"}}, "adapt"),
+    ({"strategy": {"name": "tent"}, "model": {"norm": None}}, "normalisation"),
+    ({"strategy": {"name": "tent+ewc"}, "model": {"norm": None}}, "normalisation"),  # a member's check runs too
 ])
 def test_bad_config_values_are_refused_before_data_loads(bad, match, monkeypatch):
     import lifelong.data

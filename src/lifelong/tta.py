@@ -146,9 +146,10 @@ def _build(cfg: TTAConfig, device: torch.device | str = "cpu"):
     strategy = build_strategy(cfg)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model.name, (1, 28, 28), 10, "domain", **cfg.model.kwargs()).to(device)
-    check = getattr(strategy, "check_adaptable", None)
-    if check is not None:
-        check(model)
+    for member in getattr(strategy, "members", None) or [strategy]:  # a composition: each member's own check
+        check = getattr(member, "check_adaptable", None)
+        if check is not None:
+            check(model)
     return strategy, model
 
 

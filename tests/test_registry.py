@@ -446,6 +446,14 @@ def test_installed_entry_points_are_trusted_and_named_plainly(tmp_path, monkeypa
     assert res["strategy"].startswith("PluginReplay(") and len(res["accuracy_matrix"]) == 5
     with pytest.raises(ConfigError, match=r"installed \(lifelong.strategies\): plugin_bad, plugin_replay"):
         get_strategy_class("nope")  # the message lists what is installed
+    from click.testing import CliRunner
+
+    from lifelong.cli import cli
+    out = CliRunner().invoke(cli, ["list"]).output  # lifelong list names them (without loading them)
+    assert "Installed strategy plugins (lifelong.strategies): plugin_bad, plugin_replay" in out
+    assert "Installed model plugins (lifelong.models): plugin_net" in out
+    out = CliRunner().invoke(cli, ["list", "benchmarks"]).output
+    assert "plugin_bench" in out and "plugin_replay" not in out
     sys.modules.pop("lifelong_plugin_xyz", None)
 
 

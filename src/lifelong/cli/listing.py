@@ -20,3 +20,16 @@ def list_cmd(what):
         console.print(benchmarks_table(presets(), COMMON_KEYS))
     if what in ("all", "strategies"):
         console.print(strategies_table(STRATEGIES, strategy_param_model))
+    _print_installed(what)
+
+
+def _print_installed(what: str) -> None:
+    """Names installed packages register (entry points), not loaded: a broken plugin cannot
+    break the listing; it is checked when a config names it."""
+    from ..registry import GROUPS, entry_point_names
+
+    kinds = {"all": ("strategy", "model", "benchmark"), "benchmarks": ("benchmark",), "strategies": ("strategy",)}
+    for kind in kinds[what]:
+        names = entry_point_names(kind)
+        if names:
+            console.print(f"Installed {kind} plugins ({GROUPS[kind]}): {', '.join(names)}")

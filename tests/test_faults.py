@@ -341,3 +341,46 @@ def test_a_killed_reproduction_rerun_gives_the_uninterrupted_table(tmp_path):
     cells = lambda d: [(c["scenario"], c["method"], c["values"]) for c in json.loads((d / "results.json").read_text())["cells"]]  # noqa: E731
     assert cells(out) == cells(tmp_path / "ref")
     assert not [p for p in (out / "runs").rglob("*") if p.is_dir() and p.name.startswith("seed")]  # run folders removed
+
+
+def _as_made_by_an_older_lifelong(config: dict) -> dict:
+    """The config as a lifelong without some of today's keys wrote it (those keys at their defaults)."""
+    old = json.loads(json.dumps(config))
+    del old["benchmark"]["pad"], old["model"]["init_from"], old["train"]["seed"]
+    return old
+
+
+def test_runs_made_before_a_config_key_was_added_are_still_reused_and_resumed(tmp_path):
+    # a key added to lifelong since (at its default) does not change the numbers: a finished
+    # run is reused, an interrupted one resumes; a stored config that sets it otherwise is foreign
+    import torch
+
+    from lifelong.errors import ConfigError
+    from lifelong.runfolder import fingerprint
+
+    cfg = dict(CFG, train=dict(CFG["train"], iterations=5))
+    first = run_to_folder(cfg, tmp_path / "done")
+    stored = json.loads((tmp_path / "done" / "results.json").read_text())
+    stored["config"] = _as_made_by_an_older_lifelong(stored["config"])
+    (tmp_path / "done" / "results.json").write_text(json.dumps(stored))
+    again = run_to_folder(cfg, tmp_path / "done")
+    assert again["accuracy_matrix"] == first["accuracy_matrix"] and again["config"] == stored["config"]
+    stored["config"]["benchmark"]["pad"] = 2  # not the default: another run
+    (tmp_path / "done" / "results.json").write_text(json.dumps(stored))
+    with pytest.raises(ConfigError, match="holds something else"):
+        run_to_folder(cfg, tmp_path / "done")
+
+    ref = run_to_folder(CFG, tmp_path / "ref")
+    out = tmp_path / "run"
+    p = _start(CFG, out, "atomic-write:4")  # killed while writing a checkpoint, after the first ones
+    p.wait(timeout=300)
+    assert p.returncode == -signal.SIGKILL and (out / ".partial" / "resume.pt").exists()
+    run = json.loads((out / ".partial" / "run.json").read_text())
+    run["config"] = _as_made_by_an_older_lifelong(run["config"])
+    run["fingerprint"] = fingerprint(run["config"])  # what that lifelong computed, and its checkpoint carries
+    (out / ".partial" / "run.json").write_text(json.dumps(run))
+    snap = torch.load(out / ".partial" / "resume.pt", weights_only=False)
+    torch.save(dict(snap, fingerprint=run["fingerprint"]), out / ".partial" / "resume.pt")
+    res = run_to_folder(CFG, out)
+    assert res["checkpoints"]["resumed_from"] is not None
+    assert comparable(res) == comparable(json.loads(json.dumps(ref)))

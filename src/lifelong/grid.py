@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .errors import ConfigError
-from .runfolder import fingerprint
+from .runfolder import fingerprint, same_run
 
 MANIFEST = "sweep.json"
 
@@ -78,7 +78,8 @@ def open_grid(base: Path, runs: list[GridRun], kind: str = "sweep") -> None:
             known = {r["path"]: r for r in stored["runs"]}
         except (OSError, ValueError, KeyError, TypeError):
             raise ConfigError(f"{manifest} cannot be read; move it away or choose another --out") from None
-        clash = [p for p, e in entries.items() if p in known and known[p]["fingerprint"] != e["fingerprint"]]
+        clash = [p for p, e in entries.items()
+                 if p in known and not same_run(known[p].get("config"), known[p]["fingerprint"], e["fingerprint"])]
         if clash:
             raise ConfigError(f"sweep folder {base} holds a run '{clash[0]}' with another config (a changed option?); "
                               "nothing was touched. Rerun with the options it was started with, or choose another --out")

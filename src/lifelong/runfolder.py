@@ -12,6 +12,10 @@ A folder is in one of four states:
   stored results are reused, nothing is recomputed or rewritten.
 - **foreign**: anything else (another config's run, a user's files): never touched.
 
+"The same config" leaves out the execution keys and reads a stored config with today's schema
+(:func:`same_run`): a key added to lifelong since a run was made, at its default, does not make
+it another run.
+
 At the end the files are written into ``.partial/final/`` and moved into place, ``results.json``
 last; ``.partial`` is removed only once they are all there. If that fails (no permission, a
 full disk), the results are written to a fallback folder named in the error message, and the
@@ -45,6 +49,23 @@ def fingerprint(config: dict) -> str:
     return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def same_run(stored_config, stored_fp: str | None, fp: str) -> bool:
+    """Whether a stored run (its config, and the fingerprint it was made with) is the run of
+    fingerprint ``fp``. The stored config is also read with today's schema, so that a config key
+    added to lifelong since the run was made, at its default, does not make it another run (its
+    numbers are the same); a stored config today's schema refuses is compared as it is."""
+    if stored_fp == fp or (isinstance(stored_config, dict) and fingerprint(stored_config) == fp):
+        return True
+    if not isinstance(stored_config, dict):
+        return False
+    try:
+        from .config import parse_config
+
+        return fingerprint(parse_config(stored_config).to_dict()) == fp
+    except Exception:  # noqa: BLE001  (a config of another lifelong, another kind of run: not this run)
+        return False
+
+
 def state_of(out_dir: Path, fp: str) -> str:
     """'new', 'finished', 'in progress' or 'foreign' (see the module docstring)."""
     if not out_dir.exists():
@@ -57,20 +78,29 @@ def state_of(out_dir: Path, fp: str) -> str:
     if "results.json" in entries:
         try:
             stored = json.loads((out_dir / "results.json").read_text())
-            same = fingerprint(stored.get("config", {})) == fp
-        except (OSError, ValueError):
+            same = same_run(stored.get("config", {}), None, fp)
+        except (OSError, ValueError, AttributeError):
             same = False
         return "finished" if same else "foreign"
-    if PARTIAL in entries and _partial_fingerprint(out_dir) == fp:
-        return "in progress"
+    if PARTIAL in entries:
+        run = _partial_run(out_dir)
+        if run is not None and same_run(run.get("config"), run.get("fingerprint"), fp):
+            return "in progress"
     return "foreign"
 
 
-def _partial_fingerprint(out_dir: Path) -> str | None:
+def _partial_run(out_dir: Path) -> dict | None:
     try:
-        return json.loads((out_dir / PARTIAL / "run.json").read_text())["fingerprint"]
-    except (OSError, ValueError, KeyError):
+        run = json.loads((out_dir / PARTIAL / "run.json").read_text())
+        return run if isinstance(run, dict) else None
+    except (OSError, ValueError):
         return None
+
+
+def partial_fingerprint(out_dir: Path) -> str | None:
+    """The fingerprint an in-progress run was started with (its checkpoint carries it)."""
+    run = _partial_run(out_dir)
+    return run.get("fingerprint") if run else None
 
 
 def refuse_foreign(out_dir: Path) -> None:

@@ -238,6 +238,8 @@ def run_to_folder(config: RunConfig | dict, out_dir: str | Path, monitor=None, *
         return rf.load_finished(out_dir)
     build_strategy(cfg)  # a composition that would drop behaviour is refused before any folder is made
     created = not out_dir.exists()
+    if state == "in progress":  # its checkpoint carries the fingerprint it was started with
+        fp = rf.partial_fingerprint(out_dir) or fp
     partial = rf.prepare(out_dir, cfg_dict, fp)
     with rf.Lock(partial / "lock"), rf.discard_on_user_error(out_dir, created):
         rf.remove_stale_temporaries(partial)

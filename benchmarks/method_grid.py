@@ -9,6 +9,11 @@ does not support a scenario is skipped and listed). The table is read back from 
     PYTHONPATH=src python benchmarks/method_grid.py --family isolation --out runs/isolation-grid
     PYTHONPATH=src python benchmarks/method_grid.py --family bayesian --out runs/bayesian-grid
     PYTHONPATH=src python benchmarks/method_grid.py --family bayesian --out runs/bayesian-grid --table-only
+    PYTHONPATH=src python benchmarks/method_grid.py --family isolation --out runs/isolation-grid --table-only \
+        --update-doc docs/isolation.md
+
+``--update-doc FILE`` replaces the table between the lines ``<!-- grid:FAMILY -->`` and
+``<!-- /grid -->`` of FILE with the current one (the text around it is the reader's to keep true).
 
 Base config: ``benchmarks/method_grid.yaml`` (MLP 784-400-400, Adam 1e-3, batch 128, 500
 iterations per experience, no continual evaluation); Permuted MNIST has 10 permutations.
@@ -105,6 +110,17 @@ def table(folder: Path, cells: list[tuple[str, str]], methods: list[str]) -> str
     return "\n".join(lines)
 
 
+def update_doc(path: Path, family: str, text: str) -> None:
+    """Put ``text`` between ``<!-- grid:family -->`` and ``<!-- /grid -->`` in ``path``."""
+    doc = path.read_text()
+    start, end = f"<!-- grid:{family} -->", "<!-- /grid -->"
+    if start not in doc or end not in doc[doc.find(start):]:
+        raise SystemExit(f"{path} has no '{start}' ... '{end}' block for the table; add the two lines where it goes")
+    i = doc.index(start) + len(start)
+    j = doc.index(end, i)
+    path.write_text(doc[:i] + "\n\n" + text + "\n\n" + doc[j:])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--family", choices=sorted(FAMILIES), required=True)
@@ -114,6 +130,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="0-2")
     ap.add_argument("--iterations", type=int, default=500)
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--update-doc", type=Path, metavar="FILE",
+                    help="replace the table between <!-- grid:FAMILY --> and <!-- /grid --> in FILE")
     args = ap.parse_args(argv)
     fam = FAMILIES[args.family]
     methods = args.methods.split(",") if args.methods else fam["methods"]
@@ -127,7 +145,10 @@ def main(argv=None) -> int:
                     status |= run_cell(args.out, bench, scenario, m, args.seeds, args.iterations)
                 else:
                     skipped.append(f"{m} ({scenario})")
-    print(table(args.out, cells, methods))
+    text = table(args.out, cells, methods)
+    print(text)
+    if args.update_doc:
+        update_doc(args.update_doc, args.family, text)
     if skipped:
         print("not run (scenario not supported): " + ", ".join(dict.fromkeys(skipped)))
     if unknown:

@@ -117,3 +117,13 @@ def test_online_grid_runs_its_cells_reuses_them_and_tabulates(tmp_path, capsys, 
     with pytest.raises(SystemExit):  # a method outside the grid is refused by name
         online_grid.main(argv[:-4] + ["--methods", "ewc"])
     assert "methods outside the grid: ewc" in capsys.readouterr().err
+
+
+def test_method_grid_puts_its_table_between_the_markers_only(tmp_path):
+    method_grid = pytest.importorskip("method_grid")
+    doc = tmp_path / "d.md"
+    doc.write_text("intro\n<!-- grid:isolation -->\n\n| old |\n\n<!-- /grid -->\nwhat it shows\n")
+    method_grid.update_doc(doc, "isolation", "| new |")
+    assert doc.read_text() == "intro\n<!-- grid:isolation -->\n\n| new |\n\n<!-- /grid -->\nwhat it shows\n"
+    with pytest.raises(SystemExit, match="no '<!-- grid:bayesian -->'"):
+        method_grid.update_doc(doc, "bayesian", "| new |")

@@ -93,6 +93,15 @@ def collect(folder: Path) -> dict[tuple[str, str, str], list[dict]]:
     return rows
 
 
+def _params(rs: list[dict]) -> str:
+    """Mean nonzero parameters of the model; for a method that trains parameters of its own (a
+    hypernetwork and its embeddings: ``parameters.trainable``), those in brackets."""
+    out = f"{statistics.fmean(r['parameters']['nonzero'] for r in rs):,.0f}"
+    if all("trainable" in r["parameters"] for r in rs):
+        out += f" ({statistics.fmean(r['parameters']['trainable'] for r in rs):,.0f} trained)"
+    return out
+
+
 def table(folder: Path, cells: list[tuple[str, str]], methods: list[str]) -> str:
     rows = collect(folder)
     lines = ["| benchmark | scenario | method | seeds | accuracy (%) | BWT (%) | nonzero params | training GFLOPs "
@@ -104,7 +113,7 @@ def table(folder: Path, cells: list[tuple[str, str]], methods: list[str]) -> str
                 lines.append("| " + " | ".join([
                     bench, scenario, m, str(len(rs)), _mean_std([r["average_accuracy"] for r in rs], 100),
                     _mean_std([r["bwt"] for r in rs], 100),
-                    f"{statistics.fmean(r['parameters']['nonzero'] for r in rs):,.0f}",
+                    _params(rs),
                     f"{statistics.fmean(r['flops']['training'] for r in rs) / 1e9:,.0f}",
                     f"{statistics.fmean(r['wall_time_s'] for r in rs):.0f}"]) + " |")
     return "\n".join(lines)

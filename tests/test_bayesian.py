@@ -161,3 +161,9 @@ def test_protocl_beats_finetuning_in_class_il():
 def test_bad_values_are_refused(name, key, value):
     with pytest.raises(ConfigError, match=f"strategy.{key}"):
         validate_strategy_params(StrategyConfig(name=name, **{key: value}))
+
+
+def test_vcl_reports_a_mean_and_a_log_variance_per_weight_as_trained():
+    model = build_model("mlp", (1, 8, 8), 10, "task", hidden=[16])
+    n = sum(p.numel() for p in model.parameters())
+    assert VCL().setup(model, "cpu", 0).parameter_count() == {"trainable": 2 * n, "means": n, "log_variances": n}

@@ -135,6 +135,13 @@ class VCL(Strategy):
         self._grow()
         return self
 
+    def parameter_count(self) -> dict:
+        """Trainable parameters: a mean (the model's weights) and a log-variance for every weight
+        (``results.json``'s ``parameters``; the previous posterior, the prior, is a frozen copy)."""
+        means = sum(p.numel() for p in self.model.parameters())
+        logvars = sum(v.numel() for v in self.logvar_.values())
+        return {"trainable": means + logvars, "means": means, "log_variances": logvars}
+
     def _grow(self) -> None:
         """A log-variance (and a N(0, prior_var) prior) for every model parameter lacking one."""
         for n, p in self.model.named_parameters():

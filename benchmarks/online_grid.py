@@ -38,12 +38,15 @@ MEMS = [200, 500, 1000]
 SETTINGS = {"online.batch_size": 10, "train.optimizer": "sgd", "train.lr": 0.1, "eval.every": None}
 
 
-def _seeds(text: str) -> list[int]:
-    out = []
-    for part in text.split(","):
-        a, _, b = part.partition("-")
-        out += list(range(int(a), int(b) + 1)) if b else [int(a)]
-    return out
+def _mems(text: str) -> list[int]:
+    """``--mems``: memory sizes, comma-separated positive integers."""
+    try:
+        mems = [int(m) for m in text.split(",")]
+    except ValueError:
+        mems = []
+    if not mems or min(mems) < 1 or len(set(mems)) != len(mems):
+        raise ValueError(f"--mems must list distinct positive memory sizes like '200,500,1000', got '{text}'")
+    return mems
 
 
 def _get(cfg: dict, dotted: str):
@@ -135,10 +138,19 @@ def main(argv=None) -> int:
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args(argv)
     benchmarks, methods = args.benchmarks.split(","), args.methods.split(",")
-    mems, seeds = [int(m) for m in args.mems.split(",")], _seeds(args.seeds)
+    from lifelong.cli import parse_seeds
+    from lifelong.errors import ConfigError
+    try:
+        mems, seeds = _mems(args.mems), parse_seeds(args.seeds)
+    except (ValueError, ConfigError) as e:
+        ap.error(str(e))
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         ap.error(f"methods outside the grid: {', '.join(unknown)} (the grid's: {', '.join(METHODS)})")
+    from lifelong.streams.presets import presets
+    unknown = sorted(set(benchmarks) - set(presets()))
+    if unknown:
+        ap.error(f"unknown benchmarks: {', '.join(unknown)} (lifelong list benchmarks shows them)")
     folders = [args.out] + [f for f in args.also if f.resolve() != args.out.resolve()]
     status = 0
     if not args.table_only:

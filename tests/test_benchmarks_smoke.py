@@ -117,6 +117,12 @@ def test_online_grid_runs_its_cells_reuses_them_and_tabulates(tmp_path, capsys, 
     with pytest.raises(SystemExit):  # a method outside the grid is refused by name
         online_grid.main(argv[:-4] + ["--methods", "ewc"])
     assert "methods outside the grid: ewc" in capsys.readouterr().err
+    for flag, bad, said in (("--mems", "200,big", "--mems must list"), ("--mems", "0", "--mems must list"),
+                            ("--seeds", "a-b", "--seeds must look like"),
+                            ("--benchmarks", "split-mnst", "unknown benchmarks: split-mnst")):
+        with pytest.raises(SystemExit):  # refused before any run, by name
+            online_grid.main(argv[:2] + [flag, bad] + ([] if flag == "--benchmarks" else argv[2:4]))
+        assert said in capsys.readouterr().err
 
 
 def test_method_grid_puts_its_table_between_the_markers_only(tmp_path):

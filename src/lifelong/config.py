@@ -196,6 +196,12 @@ class EvalConfig(BaseModel):
     subsample: int = Field(500, ge=1)
     split: Literal["test", "valid"] = "test"
     batch_size: int = Field(1000, ge=1)
+    # Task-IL runs also measure the task-agnostic accuracy matrix (every output competes, the task
+    # id unknown): one more prediction per test batch, and one per learned task for a method that
+    # routes each task through its own parameters (CLR, PackNet, HAT, the hypernetworks), which
+    # can make evaluation most of a run's time. false: only the task-aware matrix (the task-IL
+    # protocol's). Class- and domain-IL are evaluated task-agnostically: false is refused there.
+    task_agnostic: bool = True
     # A model-selection run (a tuning trial): every evaluation (the accuracy matrix and the
     # continual curve) reads the validation splits, and the test splits are removed from the
     # stream before training, so nothing of them is read. Needs benchmark.val_fraction > 0.
@@ -400,12 +406,21 @@ def check_runnable(cfg: RunConfig) -> None:
     from .streams.presets import benchmark_scenario
 
     scenario = benchmark_scenario(cfg.benchmark)
+    check_eval_scenario(cfg, scenario)
     for name in cfg.strategy.name.split("+"):
         cls = get_strategy_class(name.strip())
         if scenario not in cls.scenarios:
             raise ConfigError(f"strategy '{name.strip()}' supports scenarios {', '.join(cls.scenarios)}, not "
                               f"'{scenario}' (benchmark '{cfg.benchmark.name}'); choose another strategy or set "
                               "benchmark.scenario (--scenario)")
+
+
+def check_eval_scenario(cfg: RunConfig, scenario: str) -> None:
+    """``eval.task_agnostic: false`` only in task-IL, whose protocol is the task-aware matrix."""
+    if not cfg.eval.task_agnostic and scenario != "task":
+        raise ConfigError(f"eval.task_agnostic: false applies to task-IL only; the '{scenario}' scenario "
+                          f"(benchmark '{cfg.benchmark.name}') is evaluated task-agnostically: remove "
+                          "eval.task_agnostic or set benchmark.scenario to task")
 
 
 def load_config_file(path: str | Path) -> dict:

@@ -24,15 +24,20 @@ def task_ids(exp: Experience, data: Split) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(strategy, experiences: list[Experience], batch_size: int = 1000,
-             split: str = "test", task_aware_predict: bool = False) -> tuple[list[float], list[float]]:
+def evaluate(strategy, experiences: list[Experience], batch_size: int = 1000, split: str = "test",
+             task_aware_predict: bool = False, agnostic: bool = True) -> tuple[list[float] | None, list[float]]:
     """Accuracy on each experience: (task-agnostic, task-aware).
 
     Task-agnostic takes the argmax of ``strategy.predict(x, None)`` over every output; task-aware
     only over the experience's own classes (the task id is known at test time). With
     ``task_aware_predict`` (task-IL), the task-aware scores come from ``strategy.predict(x,
     task)`` with the samples' task ids, so a method can answer with a task's own mask,
-    sub-network or generated weights."""
+    sub-network or generated weights. ``agnostic=False`` (task-IL only) skips the task-agnostic
+    prediction, which costs one more forward per batch, and one per learned task for a method
+    that routes each task through its own parameters; the task-agnostic accuracies are then None."""
+    if not (agnostic or task_aware_predict):
+        raise ValueError("agnostic=False needs task_aware_predict: the task-aware scores would come from the "
+                         "task-agnostic prediction")
     model = strategy.model
     was_training = model.training
     model.eval()
@@ -45,8 +50,9 @@ def evaluate(strategy, experiences: list[Experience], batch_size: int = 1000,
         tids = task_ids(exp, data) if task_aware_predict else None
         for s in range(0, len(data), batch_size):
             x, y = data.x[s:s + batch_size], data.y[s:s + batch_size]
-            scores = strategy.predict(x, None)
-            hit_any += (scores.argmax(1) == y).sum()
+            if agnostic:
+                scores = strategy.predict(x, None)
+                hit_any += (scores.argmax(1) == y).sum()
             if tids is not None:
                 scores = strategy.predict(x, tids[s:s + batch_size])
             hit_task += (classes[scores[:, classes].argmax(1)] == y).sum()
@@ -56,9 +62,10 @@ def evaluate(strategy, experiences: list[Experience], batch_size: int = 1000,
         counts = torch.stack(hits).tolist()
     else:  # experiences on different devices
         counts = [h.tolist() for h in hits]
-    agnostic = [a / max(len(getattr(e, split)), 1) for (a, _), e in zip(counts, experiences)]
     aware = [t / max(len(getattr(e, split)), 1) for (_, t), e in zip(counts, experiences)]
-    return agnostic, aware
+    if not agnostic:
+        return None, aware
+    return [a / max(len(getattr(e, split)), 1) for (a, _), e in zip(counts, experiences)], aware
 
 
 class ContinualEvaluator:

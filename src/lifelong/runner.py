@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from . import __version__
-from .config import RunConfig, parse_config, validate_strategy_params
+from .config import RunConfig, check_eval_scenario, parse_config, validate_strategy_params
 from .errors import ConfigError
 from .models import build_model
 from .sparse import run_costs, strategy_flops, strategy_masks, strategy_samples
@@ -95,6 +95,7 @@ def run(config: RunConfig | dict, monitor=None, checkpointer=None, resume: dict 
     if stream.scenario not in strategy.scenarios:
         raise ConfigError(f"strategy '{strategy.name}' supports scenarios {list(strategy.scenarios)}, "
                           f"not '{stream.scenario}'")
+    check_eval_scenario(cfg, stream.scenario)
     torch.manual_seed(cfg.seed)
     m = cfg.model
     kwargs = {k: v for k, v in (("hidden", m.hidden), ("channels", m.channels)) if v is not None}
@@ -118,7 +119,7 @@ def run(config: RunConfig | dict, monitor=None, checkpointer=None, resume: dict 
                    monitor=monitor, schedule=build_run_schedule(tc, stream), grad_clip_norm=tc.grad_clip_norm,
                    precision=tc.precision or "fp32", record_grad_norms=bool(tc.record_grad_norms),
                    checkpointer=checkpointer, resume=resume, task_free=task_free,
-                   online_accuracy=bool(cfg.online and cfg.online.accuracy))
+                   online_accuracy=bool(cfg.online and cfg.online.accuracy), eval_agnostic=cfg.eval.task_agnostic)
     wall = time.perf_counter() - t0
     out = {
         "config": cfg.to_dict(),

@@ -37,9 +37,10 @@ def index_batches(n: int, batch_size: int, generator: torch.Generator, iteration
 @dataclass
 class RunResult:
     scenario: str
-    task_agnostic_matrix: list[list[float]] = field(default_factory=list)
+    task_agnostic_matrix: list[list[float]] | None = field(default_factory=list)  # None: not measured (task-IL,
+    # eval.task_agnostic false)
     task_aware_matrix: list[list[float]] = field(default_factory=list)
-    initial_agnostic: list[float] = field(default_factory=list)
+    initial_agnostic: list[float] | None = field(default_factory=list)
     initial_aware: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)  # mean training loss per experience
     train_time_s: float = 0.0
@@ -75,7 +76,7 @@ def train(stream: Stream, strategy: Strategy, make_optimizer: Callable, *, batch
           eval_split: str = "test", monitor=None, schedule=None, grad_clip_norm: float | None = None,
           precision: str = "fp32", record_grad_norms: bool = False, checkpointer=None,
           resume: dict | None = None, task_free: bool = False, online_accuracy: bool = False,
-          matrix_split: str = "test") -> RunResult:
+          matrix_split: str = "test", eval_agnostic: bool = True) -> RunResult:
     """Train ``strategy`` (set up with its model) on every experience of ``stream`` in order,
     evaluating on all test experiences after each one and, with ``eval_every``, on a fixed
     subsample of the seen experiences every ``eval_every`` iterations (continual evaluation).
@@ -90,10 +91,11 @@ def train(stream: Stream, strategy: Strategy, make_optimizer: Callable, *, batch
     ``context.experience`` is None, one optimizer for the stream, output units activate as their
     labels arrive); the evaluation still records the matrix at the hidden boundaries.
     ``online_accuracy``: each incoming batch is first predicted (the online accuracy).
-    ``matrix_split``: the split the accuracy matrix is measured on (``valid`` in model selection)."""
+    ``matrix_split``: the split the accuracy matrix is measured on (``valid`` in model selection).
+    ``eval_agnostic=False`` (task-IL): no task-agnostic matrix (``result.task_agnostic_matrix`` None)."""
     model, dev = strategy.model, strategy.device
     g = torch.Generator().manual_seed(seed)
-    result = RunResult(stream.scenario)
+    result = RunResult(stream.scenario, task_agnostic_matrix=[] if eval_agnostic else None)
     cont = None if not eval_every else ContinualEvaluator(
         stream.experiences, stream.n_classes, eval_every, eval_subsample, stream.scenario == "task", seed, eval_split)
     amp = Precision(precision, dev)
@@ -105,7 +107,8 @@ def train(stream: Stream, strategy: Strategy, make_optimizer: Callable, *, batch
     if resume is None:
         t0 = time.perf_counter()
         result.initial_agnostic, result.initial_aware = evaluate(strategy, stream.experiences, eval_batch_size,
-                                                                 split=matrix_split, task_aware_predict=task_aware)
+                                                                 split=matrix_split, task_aware_predict=task_aware,
+                                                                 agnostic=eval_agnostic)
         result.eval_time_s += time.perf_counter() - t0
     else:
         start = resume_progress(resume, result, cont, ctx)
@@ -201,9 +204,10 @@ def train(stream: Stream, strategy: Strategy, make_optimizer: Callable, *, batch
         result.losses.append(loss_sum.item() / max(n_iters, 1))
         t1 = time.perf_counter()
         agn, awr = evaluate(strategy, stream.experiences, eval_batch_size, split=matrix_split,
-                            task_aware_predict=task_aware)
-        result.task_agnostic_matrix.append(agn)
+                            task_aware_predict=task_aware, agnostic=eval_agnostic)
         result.task_aware_matrix.append(awr)
+        if agn is not None:
+            result.task_agnostic_matrix.append(agn)
         t2 = time.perf_counter()
         result.train_time_s += t1 - t0
         result.eval_time_s += t2 - t1

@@ -287,6 +287,35 @@ def test_report_without_its_store_says_why(tunes, tmp_path):
     assert "<table class='ranking'>" in page  # what tune.json holds is still shown
 
 
+def test_report_storage_names_the_store_of_a_moved_tune(tunes, tmp_path, capsys):
+    valid, _ = tunes
+    moved = tmp_path / "moved"
+    shutil.copytree(valid, moved)
+    store = tmp_path / "elsewhere.db"
+    (moved / "studies.db").rename(store)
+    data = summary(moved)
+    data["storage"] = "sqlite:////nowhere/studies.db"
+    (moved / "tune.json").write_text(json.dumps(data))
+    code, out, err = run_cli(["report", str(moved), "--storage", str(store), "--out", str(tmp_path / "rep")], capsys)
+    assert code == 0, err
+    page = Path(out.strip()).read_text()
+    assert "cannot be opened" not in page
+    assert len(re.findall(r"<table class='trials'>", page)) == 2  # the trials are back
+    run_dir = next(moved.glob("*/phase2/*/seed-*"))
+    cases = [([str(moved), "--storage", str(tmp_path / "nope.db")], "no such file (lifelong report opens stores"),
+             ([str(moved), "--storage", "postgres://u@h/db"], "not a study store"),
+             ([str(run_dir), "--storage", str(store)], "--storage applies to tune folders"),
+             ([str(moved), "--storage", str(tmp_path / "text.db")], "cannot open it as a SQLite study store")]
+    (tmp_path / "text.db").write_text("this is not a database")
+    for argv, message in cases:
+        code, _, err = run_cli(["report", *argv, "--out", str(tmp_path / "rep2")], capsys)
+        flat = " ".join(err.split())
+        assert code == 2 and message in flat and "Traceback" not in err, (argv, err)
+    assert not (tmp_path / "nope.db").exists() and not (tmp_path / "rep2").exists()  # nothing made
+    code, _, err = run_cli(["results", str(moved), "--storage", str(tmp_path / "nope.db")], capsys)
+    assert code == 2 and "no such file" in " ".join(err.split()) and not (tmp_path / "nope.db").exists()
+
+
 def test_tune_report_renders_in_chromium(tunes, tmp_path, capsys):
     from test_report import _chromium, _chromium_run
 

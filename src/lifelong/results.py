@@ -54,6 +54,19 @@ def is_tune_folder(path: Path) -> bool:
     return path.is_dir() and ((path / TUNE_FILE).is_file() or (path / TUNE_SPEC_FILE).is_file())
 
 
+def check_store_arg(storage: str, command: str) -> None:
+    """A ``--storage`` given to a reading command (``lifelong results``, ``lifelong report``): a
+    .db file, a sqlite:/// or a postgresql:// URL, and a SQLite file that exists (reading never
+    makes a store)."""
+    if "://" not in storage and not storage.endswith(".db"):
+        raise ConfigError(f"--storage {storage!r} is not a study store; give a .db file, sqlite:///path.db or "
+                          "postgresql://user@host/db")
+    target = storage[len("sqlite:///"):].split("?", 1)[0] if storage.startswith("sqlite:///") else \
+        None if "://" in storage else storage
+    if target is not None and target != ":memory:" and not Path(target).expanduser().is_file():
+        raise ConfigError(f"--storage {storage}: no such file (lifelong {command} opens stores, it never makes one)")
+
+
 def load_tune(path: Path, storage: str | None = None) -> TuneFolder:
     """A tune folder's ``tune.json`` and where its study store is: ``storage`` when given, else the
     URL in ``tune.json`` (its own ``studies.db`` when the folder was moved)."""

@@ -175,6 +175,8 @@ def results_cmd(folders, storage, study, compare, csv_file, force):
         raise ConfigError("give tune, run or sweep folders, or a study store with --storage")
     if csv_file is not None:
         _check_csv(csv_file, force)  # before any work
+    if storage is not None:
+        R.check_store_arg(storage, "results")
     tune_dirs = [f for f in folders if R.is_tune_folder(f)]
     run_dirs = [f for f in folders if not R.is_tune_folder(f)]
     if tune_dirs and run_dirs:
@@ -226,13 +228,6 @@ def _masked(url: str) -> str:
 def _open(storage: str):
     from ..studystore import open_storage
 
-    if "://" not in storage and not storage.endswith(".db"):
-        raise ConfigError(f"--storage {storage!r} is not a study store; give a .db file, sqlite:///path.db or "
-                          "postgresql://user@host/db")
-    target = storage[len("sqlite:///"):].split("?", 1)[0] if storage.startswith("sqlite:///") else \
-        None if "://" in storage else storage
-    if target is not None and target != ":memory:" and not Path(target).expanduser().is_file():
-        raise ConfigError(f"--storage {storage}: no such file (lifelong results opens stores, it never makes one)")
     return open_storage(storage, Path("."))
 
 

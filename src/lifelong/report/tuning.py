@@ -77,12 +77,17 @@ def importance(storage, name: str, trials: list[dict]) -> tuple[dict[str, float]
     return {k: float(v) for k, v in imp.items()}, ""
 
 
-def load_tuning(path: Path) -> TuneView:
-    tune = load_tune(path)
+def load_tuning(path: Path, storage_url: str | None = None) -> TuneView:
+    """A tune folder's section. Its study store is the one ``tune.json`` names, or ``storage_url``
+    (``lifelong report --storage``): a named store that cannot be opened is an error, the one
+    ``tune.json`` names leaves a note in the section (what ``tune.json`` holds is still shown)."""
+    tune = load_tune(path, storage_url)
     view = TuneView(tune)
     try:
         storage = tune.storage()
     except LifelongError as exc:
+        if storage_url is not None:
+            raise
         storage, view.store_note = None, str(exc)
     for entry in tune.summary["studies"]:
         sv = StudyView(entry)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import LifelongError
+from ..errors import ConfigError, LifelongError
+from ..results import check_store_arg
 from ..io import atomic_write_bytes
 from .data import _label as relabel, group_runs, load_runs
 from .figures import _png, fig_compare, fig_curves, fig_forgetting, fig_matrix
@@ -32,16 +33,23 @@ def _check_out(out: Path, force: bool) -> None:
                             "Use --force to replace its report.html and figures, or choose another --out")
 
 
-def write_report(run_dirs: list[Path], out: Path | None = None, *, force: bool = False) -> Path:
+def write_report(run_dirs: list[Path], out: Path | None = None, *, force: bool = False,
+                 storage: str | None = None) -> Path:
     """Write ``out/report.html`` and its figures as PNG files; returns the path of report.html.
 
     ``out`` defaults to ``<run dir>/report`` when a single folder is given. An existing non-empty
     ``out`` is refused unless ``force`` (then only report.html and this report's PNGs are replaced).
+    ``storage``: the study store of the tune folders given, instead of the one their ``tune.json``
+    names (a PostgreSQL URL with its password, a moved database).
     """
     run_dirs = [Path(p) for p in run_dirs]
     out = Path(out) if out is not None else default_out(run_dirs)
+    if storage is not None:
+        if not any(is_tune_folder(p) for p in run_dirs):
+            raise ConfigError("--storage applies to tune folders (lifelong tune --out), and none was given")
+        check_store_arg(storage, "report")
     _check_out(out, force)
-    tunes = [load_tuning(p) for p in run_dirs if is_tune_folder(p)]
+    tunes = [load_tuning(p, storage) for p in run_dirs if is_tune_folder(p)]
     others = [p for p in run_dirs if not is_tune_folder(p)]
     phase2 = {d: t.tune.path.name for t in tunes for d in phase2_run_dirs(t.tune)}  # a tune's runs, not its trials
     runs = load_runs(others + list(phase2)) if others or phase2 or not tunes else []

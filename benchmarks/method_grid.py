@@ -119,14 +119,22 @@ def table(folder: Path, cells: list[tuple[str, str]], methods: list[str]) -> str
     return "\n".join(lines)
 
 
-def update_doc(path: Path, family: str, text: str) -> None:
-    """Put ``text`` between ``<!-- grid:family -->`` and ``<!-- /grid -->`` in ``path``."""
-    doc = path.read_text()
+def _grid_block(path: Path, family: str) -> tuple[str, int, int]:
+    """``path``'s text and the span between its ``<!-- grid:family -->`` and ``<!-- /grid -->``."""
+    try:
+        doc = path.read_text()
+    except OSError as exc:
+        raise SystemExit(f"--update-doc {path}: cannot read it ({exc.strerror})") from None
     start, end = f"<!-- grid:{family} -->", "<!-- /grid -->"
     if start not in doc or end not in doc[doc.find(start):]:
         raise SystemExit(f"{path} has no '{start}' ... '{end}' block for the table; add the two lines where it goes")
     i = doc.index(start) + len(start)
-    j = doc.index(end, i)
+    return doc, i, doc.index(end, i)
+
+
+def update_doc(path: Path, family: str, text: str) -> None:
+    """Put ``text`` between ``<!-- grid:family -->`` and ``<!-- /grid -->`` in ``path``."""
+    doc, i, j = _grid_block(path, family)
     path.write_text(doc[:i] + "\n\n" + text + "\n\n" + doc[j:])
 
 
@@ -146,6 +154,8 @@ def main(argv=None) -> int:
     methods = args.methods.split(",") if args.methods else fam["methods"]
     cells = [tuple(c.split(":")) for c in args.cells.split(",")] if args.cells else fam["cells"]
     unknown = [m for m in methods if m not in fam["methods"] and m not in METHOD_SETS]
+    if args.update_doc:  # a doc that cannot take the table is refused before hours of runs
+        _grid_block(args.update_doc, args.family)
     status, skipped = 0, []
     if not args.table_only:
         for bench, scenario in cells:

@@ -125,7 +125,7 @@ def test_online_grid_runs_its_cells_reuses_them_and_tabulates(tmp_path, capsys, 
         assert said in capsys.readouterr().err
 
 
-def test_method_grid_puts_its_table_between_the_markers_only(tmp_path):
+def test_method_grid_puts_its_table_between_the_markers_only(tmp_path, monkeypatch):
     method_grid = pytest.importorskip("method_grid")
     doc = tmp_path / "d.md"
     doc.write_text("intro\n<!-- grid:isolation -->\n\n| old |\n\n<!-- /grid -->\nwhat it shows\n")
@@ -133,3 +133,8 @@ def test_method_grid_puts_its_table_between_the_markers_only(tmp_path):
     assert doc.read_text() == "intro\n<!-- grid:isolation -->\n\n| new |\n\n<!-- /grid -->\nwhat it shows\n"
     with pytest.raises(SystemExit, match="no '<!-- grid:bayesian -->'"):
         method_grid.update_doc(doc, "bayesian", "| new |")
+    # a doc that cannot take the table is refused before any cell runs
+    monkeypatch.setattr(method_grid, "run_cell", lambda *a: pytest.fail("a cell ran before the doc was checked"))
+    for bad, said in ((doc, "no '<!-- grid:bayesian -->'"), (tmp_path / "missing.md", "cannot read it")):
+        with pytest.raises(SystemExit, match=said):
+            method_grid.main(["--family", "bayesian", "--out", str(tmp_path / "g"), "--update-doc", str(bad)])

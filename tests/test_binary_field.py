@@ -166,3 +166,15 @@ def test_train_compile_is_refused_before_any_data_loads(strategy, monkeypatch):
            "train": {"compile": "eager", "iterations": 2}}
     with pytest.raises(ConfigError, match="cannot run with train.compile: it swaps every linear layer's forward"):
         runner.run(cfg)
+
+
+def test_a_sweep_refuses_train_compile_before_its_first_run(tmp_path, capsys):
+    # finetune would run first: the refusal comes from the check every run of a sweep passes before any starts
+    from lifelong.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["run", "--benchmark", "split-digits", "--strategy", "finetune,binary_field", "--iterations", "2",
+              "--set", "train.compile=eager", "--quiet", "--out", str(tmp_path / "s")])
+    err = " ".join(capsys.readouterr().err.split())
+    assert e.value.code == 2 and "strategy 'binary_field' cannot run with train.compile" in err and "Traceback" not in err
+    assert not (tmp_path / "s").exists()

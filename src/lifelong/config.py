@@ -413,6 +413,13 @@ def check_runnable(cfg: RunConfig) -> None:
             raise ConfigError(f"strategy '{name.strip()}' supports scenarios {', '.join(cls.scenarios)}, not "
                               f"'{scenario}' (benchmark '{cfg.benchmark.name}'); choose another strategy or set "
                               "benchmark.scenario (--scenario)")
+        check_compile(cfg, name.strip(), cls.compile_refusal)
+
+
+def check_compile(cfg: RunConfig, name: str, refusal: str | None) -> None:
+    """``train.compile`` with a strategy that cannot serve it (``Strategy.compile_refusal``)."""
+    if cfg.train.compile and refusal:
+        raise ConfigError(f"strategy '{name}' cannot run with train.compile: {refusal}; remove train.compile")
 
 
 def check_eval_scenario(cfg: RunConfig, scenario: str) -> None:

@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from . import __version__
-from .config import RunConfig, check_eval_scenario, parse_config, validate_strategy_params
+from .config import RunConfig, check_compile, check_eval_scenario, parse_config, validate_strategy_params
 from .errors import ConfigError
 from .models import build_model
 from .sparse import run_costs, strategy_flops, strategy_masks, strategy_samples
@@ -81,9 +81,7 @@ def run(config: RunConfig | dict, monitor=None, checkpointer=None, resume: dict 
     if task_free and not strategy.supports_task_free:
         raise ConfigError(f"strategy '{strategy.name}' needs experience boundaries (it acts in before_experience, "
                           f"train_data or after_experience), so it cannot run with online.task_free: true")
-    if cfg.train.compile and strategy.compile_refusal:
-        raise ConfigError(f"strategy '{strategy.name}' cannot run with train.compile: {strategy.compile_refusal}; "
-                          "remove train.compile")
+    check_compile(cfg, strategy.name, strategy.compile_refusal)
     stream = build_benchmark(cfg.benchmark, cfg.seed)
     selection = bool(cfg.eval.selection)
     if selection:  # model selection: the test splits leave the run before anything trains

@@ -103,11 +103,16 @@ def test_method_grid_runs_its_cells_resumes_and_tabulates(tmp_path, capsys):
 
 def test_online_grid_runs_its_cells_reuses_them_and_tabulates(tmp_path, capsys, monkeypatch):
     online_grid = pytest.importorskip("online_grid")
-    argv = ["--out", str(tmp_path / "o"), "--benchmarks", "split-digits", "--mems", "20", "--methods", "finetune,er",
-            "--seeds", "0"]
+    argv = ["--out", str(tmp_path / "o"), "--benchmarks", "split-digits", "--mems", "20", "--methods",
+            "finetune,er,gdumb", "--seeds", "0"]
     assert online_grid.main(argv) == 0
     table = capsys.readouterr().out
     assert "| split-digits | - | finetune | 1 |" in table and "| split-digits | 20 | er | 1 |" in table
+    # GDumb with its own 128 passes over the memory, in a folder of its own; no online accuracy
+    gdumb = next(line for line in table.splitlines() if "| gdumb passes128 | 1 |" in line)
+    assert gdumb.split("|")[6].strip() == "-"
+    cfg = json.loads((tmp_path / "o/split-digits/m20/gdumb-passes128/seed-0/results.json").read_text())["config"]
+    assert cfg["strategy"] == {"name": "gdumb", "mem_size": 20, "passes": 128}
 
     def no_run(*a):
         raise AssertionError("a finished run was run again")

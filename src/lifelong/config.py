@@ -414,6 +414,23 @@ def check_runnable(cfg: RunConfig) -> None:
                               f"'{scenario}' (benchmark '{cfg.benchmark.name}'); choose another strategy or set "
                               "benchmark.scenario (--scenario)")
         check_compile(cfg, name.strip(), cls.compile_refusal)
+    for name, params in validate_strategy_params(cfg.strategy):
+        check_passes(cfg, name, get_strategy_class(name)(**params).train_passes())
+
+
+def check_passes(cfg: RunConfig, name: str, passes: int | None) -> None:
+    """A strategy that fixes its own passes over the data it trains on (``Strategy.train_passes``:
+    GDumb over its memory) leaves nothing to the run's budget keys, nor to a schedule sized from
+    the stream's experiences: setting them too is refused, not silently overridden."""
+    if passes is None:
+        return
+    t = cfg.train
+    given = [k for k, v in (("train.iterations", t.iterations), ("train.epochs", t.epochs if t.epochs != 1 else None),
+                            ("train.schedule", t.schedule)) if v is not None]
+    if given:
+        raise ConfigError(f"strategy '{name}' makes its own {passes} passes over its training data at each "
+                          f"experience, which {' and '.join(given)} would also set: remove {', '.join(given)}, "
+                          f"or remove the strategy's passes to let the run's budget decide")
 
 
 def check_compile(cfg: RunConfig, name: str, refusal: str | None) -> None:

@@ -17,7 +17,8 @@ import torch
 import yaml
 
 from . import __version__
-from .config import RunConfig, check_compile, check_eval_scenario, parse_config, validate_strategy_params
+from .config import (RunConfig, check_compile, check_eval_scenario, check_passes, parse_config,
+                     validate_strategy_params)
 from .errors import ConfigError
 from .models import build_model
 from .sparse import run_costs, strategy_flops, strategy_masks, strategy_samples
@@ -82,6 +83,7 @@ def run(config: RunConfig | dict, monitor=None, checkpointer=None, resume: dict 
         raise ConfigError(f"strategy '{strategy.name}' needs experience boundaries (it acts in before_experience, "
                           f"train_data or after_experience), so it cannot run with online.task_free: true")
     check_compile(cfg, strategy.name, strategy.compile_refusal)
+    check_passes(cfg, strategy.name, strategy.train_passes())
     stream = build_benchmark(cfg.benchmark, cfg.seed)
     selection = bool(cfg.eval.selection)
     if selection:  # model selection: the test splits leave the run before anything trains
@@ -154,10 +156,11 @@ def run(config: RunConfig | dict, monitor=None, checkpointer=None, resume: dict 
             break
     if tc.record_grad_norms:
         out["grad_norms"] = result.grad_norms
-    if result.online:  # the accuracy on each incoming batch before training on it
+    if result.online:  # the accuracy on each incoming batch before training on it; undefined (NaN, null in
+        # results.json) where the strategy trained on data of its own, never predicting the stream's batches
         hits, seen = (sum(h for h, _ in result.online), sum(n for _, n in result.online))
-        out["online_accuracy"] = hits / max(seen, 1)
-        out["online_accuracy_per_experience"] = [h / max(n, 1) for h, n in result.online]
+        out["online_accuracy"] = hits / seen if seen else float("nan")
+        out["online_accuracy_per_experience"] = [h / n if n else float("nan") for h, n in result.online]
     if checkpointer is not None:  # execution facts, like the timings (they differ between resumed runs)
         out["checkpoints"] = {"saved": checkpointer.saves, "time_s": checkpointer.time_s,
                               "resumed_from": None if resume is None else list(resume["next"])}

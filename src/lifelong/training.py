@@ -132,14 +132,17 @@ def train(stream: Stream, strategy: Strategy, make_optimizer: Callable, *, batch
             strategy.before_experience(exp)
             optimizer = _optimizer_for(strategy.param_groups(), make_optimizer, None if reset_optimizer else optimizer)
             data = strategy.train_data(exp)  # None: the strategy fits in closed form (after_experience)
-        budget = iteration_budget(exp, iterations)
-        n_iters = 0 if data is None else budget if budget is not None else epochs * -(-len(data) // batch_size)
+        budget, n_epochs = run_budget(exp, iterations, epochs, None if task_free else strategy.train_passes())
+        n_iters = 0 if data is None else budget if budget is not None else n_epochs * -(-len(data) // batch_size)
         ctx.optimizer, ctx.experience, ctx.iteration, ctx.n_iterations = optimizer, None if task_free else exp, 0, n_iters
         if monitor:
             monitor.start(exp, n_iters)
         model.train()
         loss_sum = torch.zeros((), device=dev)
-        online = torch.zeros(2, dtype=torch.long, device=dev) if online_accuracy else None  # hits, seen
+        # hits, seen; only on the incoming stream (a method training on data of its own, GDumb on its
+        # memory, has no "accuracy on each incoming batch before training on it": 0 seen, undefined)
+        online = torch.zeros(2, dtype=torch.long, device=dev) if online_accuracy else None
+        stream_batches = online is not None and (task_free or data is exp.train)
         g_start = g.get_state()
         skip = 0
         if resuming and resume["current"] is not None:  # interrupted inside this experience
@@ -147,7 +150,7 @@ def train(stream: Stream, strategy: Strategy, make_optimizer: Callable, *, batch
         # One task-id tensor per experience, expanded to each batch (no allocation per step; an
         # expanded tensor cannot be written in place by mistake).
         task = None if data is None or data.t is not None else torch.full((1,), exp.task_id, device=data.y.device)
-        batches = index_batches(len(data), batch_size, g, budget, epochs) if n_iters else ()
+        batches = index_batches(len(data), batch_size, g, budget, n_epochs) if n_iters else ()
         for it, idx in enumerate(batches):
             if it < skip:
                 continue
@@ -157,7 +160,7 @@ def train(stream: Stream, strategy: Strategy, make_optimizer: Callable, *, batch
             idx = idx.to(data.y.device)
             t = data.t[idx] if task is None else task.expand(len(idx))
             batch = Batch(data.x[idx], data.y[idx], t, index=idx)
-            if online is not None:  # predicted before the model trains on it
+            if stream_batches:  # predicted before the model trains on it
                 online += online_hits(strategy, batch, task_aware)
             if task_free:
                 observe_labels(model, batch)
@@ -237,6 +240,14 @@ def _optimizer_for(groups, make_optimizer, optimizer):
         for group in make_optimizer(new).param_groups:  # the factory resolves lr_scale and defaults
             optimizer.add_param_group(group)
     return optimizer
+
+
+def run_budget(exp: Experience, iterations, epochs: int, passes: int | None) -> tuple[int | None, int]:
+    """(iterations or None, passes) for one experience: the strategy's own pass count over its
+    training data (:meth:`Strategy.train_passes`) when it fixes one, else the run's budget."""
+    if passes is not None:
+        return None, passes
+    return iteration_budget(exp, iterations), epochs
 
 
 def iteration_budget(exp: Experience, iterations: int | list[int] | None) -> int | None:

@@ -27,8 +27,8 @@ def metrics_table(res: dict) -> Table:
     for k in ("average_accuracy", "average_incremental_accuracy", "online_accuracy", "forgetting", "bwt", "fwt",
               "task_aware_average_accuracy", "wall_time_s", "train_time_s", "eval_time_s"):
         if k in res:
-            v = res[k]
-            t.add_row(k, f"{v:.2f}" if k.endswith("_s") else f"{100 * v:.2f}")
+            v = res[k]  # None: undefined for this run (results.json lists it under "undefined")
+            t.add_row(k, "undefined" if v is None or v != v else f"{v:.2f}" if k.endswith("_s") else f"{100 * v:.2f}")
     cont = res.get("continual") or {}
     for k in ("min_acc", "wc_acc", "wf_10", "wf_100"):  # the stability gap (continual evaluation)
         if isinstance(cont.get(k), float) and cont[k] == cont[k]:

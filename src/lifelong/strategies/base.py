@@ -165,6 +165,13 @@ class Strategy:
         (a method that fits in closed form does so in ``after_experience``)."""
         return exp.train
 
+    def train_passes(self) -> int | None:
+        """How many passes the loop makes over ``train_data`` at each experience. None (default):
+        the run's budget decides (``train.iterations`` or ``train.epochs``; one pass online). A
+        method that trains on data of its own rather than the stream may fix it (GDumb's passes
+        over its memory); the run's budget keys are then refused (:func:`config.check_passes`)."""
+        return None
+
     def augment(self, batch: Batch) -> Batch:
         return batch
 
@@ -308,6 +315,9 @@ class Compose(Strategy):
 
     def train_data(self, exp):
         return self._one("train_data").train_data(exp)
+
+    def train_passes(self):  # the passes of the member whose data the loop trains on
+        return self._one("train_data").train_passes()
 
     def param_groups(self):
         """The groups of every member that overrides ``param_groups`` (a parameter claimed with

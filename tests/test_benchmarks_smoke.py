@@ -130,6 +130,23 @@ def test_online_grid_runs_its_cells_reuses_them_and_tabulates(tmp_path, capsys, 
         assert said in capsys.readouterr().err
 
 
+def test_method_grid_passes_a_cells_own_settings(tmp_path, monkeypatch):
+    # the bayesian family's own methods measure only the task-aware matrix on Permuted MNIST; no other
+    # cell does, nor the baselines (their runs there are the isolation grid's)
+    method_grid = pytest.importorskip("method_grid")
+    calls = []
+    monkeypatch.setattr(method_grid.subprocess, "call", lambda cmd, **kw: calls.append(" ".join(cmd)) or 0)
+    assert method_grid.main(["--family", "bayesian", "--out", str(tmp_path), "--methods", "hnet,finetune",
+                             "--cells", "permuted-mnist:task,split-mnist:task"]) == 0
+    perm_hnet, perm_ft, split_hnet, split_ft = calls
+    assert "--set eval.task_agnostic=false" in perm_hnet and "benchmark.n_experiences=10" in perm_hnet
+    assert not any("task_agnostic" in c for c in (perm_ft, split_hnet, split_ft))
+    calls.clear()
+    assert method_grid.main(["--family", "isolation", "--out", str(tmp_path), "--methods", "hat",
+                             "--cells", "permuted-mnist:task"]) == 0
+    assert "task_agnostic" not in calls[0]
+
+
 def test_method_grid_puts_its_table_between_the_markers_only(tmp_path, monkeypatch):
     method_grid = pytest.importorskip("method_grid")
     doc = tmp_path / "d.md"

@@ -160,3 +160,21 @@ def test_method_grid_puts_its_table_between_the_markers_only(tmp_path, monkeypat
     for bad, said in ((doc, "no '<!-- grid:bayesian -->'"), (tmp_path / "missing.md", "cannot read it")):
         with pytest.raises(SystemExit, match=said):
             method_grid.main(["--family", "bayesian", "--out", str(tmp_path / "g"), "--update-doc", str(bad)])
+
+
+def test_permuted_reference_cost_runs_the_reference_config_and_refuses_bad_arguments(capsys):
+    cost = pytest.importorskip("permuted_reference_cost")
+    from lifelong.config import parse_config
+
+    cfg = parse_config(cost.config_for("vcl", 25, 3))  # the reference setting, the grid's VCL settings
+    assert (cfg.train.iterations, cfg.seed, cfg.model.hidden, cfg.benchmark.pad) == (25, 3, [1000, 1000], 2)
+    assert cfg.strategy.name == "vcl" and cfg.strategy.vcl_samples == 10 and cfg.eval.task_agnostic is False
+    # seqbayes: the grid's small-network limit stays, the reference network is refused (not a traceback)
+    refused = cost.measure("seqbayes", 1, 0)
+    assert "seqbayes_max_params" in refused["refused"]
+    assert "refused" in cost.table([refused])
+    for argv, said in ((["--methods", "lwf"], "methods outside issue 16's list: lwf"),
+                       (["--iterations", "0"], "--iterations must be between 1 and 5000")):
+        with pytest.raises(SystemExit):
+            cost.main(argv)
+        assert said in capsys.readouterr().err

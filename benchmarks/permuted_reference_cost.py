@@ -1,0 +1,108 @@
+"""Time per run of every issue-16 method at the Permuted MNIST reference length, from short runs.
+
+A run of ``benchmarks/permuted_reference.yaml`` (10 permutations padded to 32x32, MLP 1024-1000-1000,
+task-IL, Adam 1e-4, batch 128, 5000 iterations per permutation, the task-aware matrix only) is
+hours of one core for fine-tuning and far more for the Bayesian and hypernetwork methods. This
+runs each method on the same stream with ``--iterations N`` per permutation (default 25) and
+projects the full run:
+
+- evaluation: exactly the full run's (the same 11 evaluations of the same test sets; the
+  iteration count does not change it), measured;
+- training: the short run's training time x 5000 / N. A method's end-of-experience work (a
+  Fisher, posterior fits) does not grow with N, so this over-counts it: an upper bound.
+
+Times are process CPU seconds of one torch thread, split between training and evaluation in the
+proportion of the run's own wall-clock split (the machine is shared, so wall time would count the
+other processes' turns). Each method runs in-process with the settings the evidence grid gives it
+(``method_grid.METHOD_SETS``); sequential HMC (seqbayes) is refused at this size and is listed so.
+
+    PYTHONPATH=src python benchmarks/permuted_reference_cost.py --iterations 25 \\
+        --out benchmarks/results/permuted_reference_cost.json
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402  (sets the import path for lifelong)
+
+from method_grid import METHOD_SETS  # noqa: E402
+
+REFERENCE = Path(__file__).with_name("permuted_reference.yaml")
+FULL = 5000
+METHODS = ["finetune", "ewc", "si", "er", "vcl", "protocl", "ibcl", "seqbayes", "binary_field", "hnet",
+           "hyperinterval", "rnn_hnet"]
+
+
+def config_for(method: str, iterations: int, seed: int) -> dict:
+    from lifelong.cli.sweep import apply_flags
+    from lifelong.config import load_config_file
+
+    data = copy.deepcopy(load_config_file(REFERENCE))
+    data["strategy"] = {"name": method}
+    data["seed"] = seed
+    sets = [s for s in METHOD_SETS.get(method, []) if not s.startswith("model.")]  # the reference's own MLP
+    return apply_flags(data, [("train.iterations", iterations)], sets)
+
+
+def measure(method: str, iterations: int, seed: int) -> dict:
+    from lifelong.errors import ConfigError
+    from lifelong.runner import run
+
+    cfg = config_for(method, iterations, seed)
+    c0 = time.process_time()
+    try:
+        res = run(cfg)
+    except ConfigError as e:
+        return {"method": method, "refused": str(e)}
+    cpu = time.process_time() - c0
+    wall = res["train_time_s"] + res["eval_time_s"]
+    train_cpu, eval_cpu = cpu * res["train_time_s"] / wall, cpu * res["eval_time_s"] / wall
+    return {"method": method, "iterations": iterations, "cpu_s": cpu, "train_cpu_s": train_cpu,
+            "eval_cpu_s": eval_cpu, "cpu_per_step_s": train_cpu / (10 * iterations),
+            "projected_train_cpu_s": train_cpu * FULL / iterations,
+            "projected_cpu_s": train_cpu * FULL / iterations + eval_cpu,
+            "average_accuracy": res["average_accuracy"], "parameters": res["parameters"],
+            "sets": [s for s in METHOD_SETS.get(method, []) if not s.startswith("model.")]}
+
+
+def table(rows: list[dict]) -> str:
+    ok = [r for r in rows if "refused" not in r]
+    out = C.markdown_table(
+        ["method", "CPU s per step", "evaluation CPU s", "projected CPU h per run (10 x 5000)",
+         f"accuracy after {ok[0]['iterations'] if ok else '?'} it. (%)"],
+        [[r["method"], f"{r['cpu_per_step_s']:.3f}", f"{r['eval_cpu_s']:.0f}", f"{r['projected_cpu_s'] / 3600:.1f}",
+          f"{100 * r['average_accuracy']:.1f}"] for r in ok])
+    refused = [f"- {r['method']}: refused ({r['refused']})" for r in rows if "refused" in r]
+    return out + ("\n\n" + "\n".join(refused) if refused else "")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--iterations", type=int, default=25, help="iterations per permutation of the short runs")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    a, log, dev = C.parse_common(ap, argv)
+    methods = a.methods.split(",")
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        ap.error(f"methods outside issue 16's list: {', '.join(unknown)} (the list: {', '.join(METHODS)})")
+    if not 1 <= a.iterations <= FULL:
+        ap.error(f"--iterations must be between 1 and {FULL}, got {a.iterations}")
+    rows = []
+    for m in methods:
+        log(f"{m} ...")
+        rows.append(measure(m, a.iterations, a.seed))
+        log(str({k: v for k, v in rows[-1].items() if k != "parameters"}))
+        if a.out:  # after every method: a long sweep keeps what it measured
+            C.write_json(a.out, {"benchmark": "permuted_reference_cost", "full_iterations": FULL,
+                                 "environment": C.environment(dev), "runs": rows})
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

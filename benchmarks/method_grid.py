@@ -27,6 +27,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _docblock import grid_block, update_doc  # noqa: E402
+
 BASE = Path(__file__).with_name("method_grid.yaml")
 BASELINES = ["finetune", "ewc", "si", "er"]
 FAMILIES = {
@@ -125,25 +128,6 @@ def table(folder: Path, cells: list[tuple[str, str]], methods: list[str]) -> str
     return "\n".join(lines)
 
 
-def _grid_block(path: Path, family: str) -> tuple[str, int, int]:
-    """``path``'s text and the span between its ``<!-- grid:family -->`` and ``<!-- /grid -->``."""
-    try:
-        doc = path.read_text()
-    except OSError as exc:
-        raise SystemExit(f"--update-doc {path}: cannot read it ({exc.strerror})") from None
-    start, end = f"<!-- grid:{family} -->", "<!-- /grid -->"
-    if start not in doc or end not in doc[doc.find(start):]:
-        raise SystemExit(f"{path} has no '{start}' ... '{end}' block for the table; add the two lines where it goes")
-    i = doc.index(start) + len(start)
-    return doc, i, doc.index(end, i)
-
-
-def update_doc(path: Path, family: str, text: str) -> None:
-    """Put ``text`` between ``<!-- grid:family -->`` and ``<!-- /grid -->`` in ``path``."""
-    doc, i, j = _grid_block(path, family)
-    path.write_text(doc[:i] + "\n\n" + text + "\n\n" + doc[j:])
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--family", choices=sorted(FAMILIES), required=True)
@@ -161,7 +145,7 @@ def main(argv=None) -> int:
     cells = [tuple(c.split(":")) for c in args.cells.split(",")] if args.cells else fam["cells"]
     unknown = [m for m in methods if m not in fam["methods"] and m not in METHOD_SETS]
     if args.update_doc:  # a doc that cannot take the table is refused before hours of runs
-        _grid_block(args.update_doc, args.family)
+        grid_block(args.update_doc, args.family)
     status, skipped = 0, []
     if not args.table_only:
         for bench, scenario in cells:

@@ -16,7 +16,8 @@ Every (benchmark, memory, method, seed) is one ``lifelong run`` in ``OUT/<benchm
 there is not run again. The table is read back from the runs' ``results.json``::
 
     PYTHONPATH=src python benchmarks/online_grid.py --out runs/online-grid --also runs
-    PYTHONPATH=src python benchmarks/online_grid.py --out runs/online-grid --also runs --table-only
+    PYTHONPATH=src python benchmarks/online_grid.py --out runs/online-grid --also runs --table-only \\
+        --update-doc docs/methods-online.md
     PYTHONPATH=src python benchmarks/online_grid.py --out runs/online-grid --benchmarks split-mnist --mems 200 \\
         --methods er,derpp --seeds 0-1
 
@@ -31,6 +32,9 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _docblock import grid_block, update_doc  # noqa: E402
 
 METHODS = ["finetune", "er", "er_ace", "der", "derpp", "mir", "gdumb", "scr", "pcr", "uer", "hpcr", "onpro", "sharp"]
 NO_MEMORY = {"finetune", "sharp"}  # they take no mem_size: one run per benchmark
@@ -150,6 +154,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="0-4")
     ap.add_argument("--data-dir", help="a folder with a dataset that does not ship (e.g. CIFAR-10)")
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--update-doc", type=Path, metavar="FILE",
+                    help="replace the table between <!-- grid:online --> and <!-- /grid --> in FILE")
     args = ap.parse_args(argv)
     benchmarks, methods = args.benchmarks.split(","), args.methods.split(",")
     from lifelong.cli import parse_seeds
@@ -165,6 +171,8 @@ def main(argv=None) -> int:
     unknown = sorted(set(benchmarks) - set(presets()))
     if unknown:
         ap.error(f"unknown benchmarks: {', '.join(unknown)} (lifelong list benchmarks shows them)")
+    if args.update_doc:  # a doc that cannot take the table is refused before hours of runs
+        grid_block(args.update_doc, "online")
     folders = [args.out] + [f for f in args.also if f.resolve() != args.out.resolve()]
     status = 0
     if not args.table_only:
@@ -178,7 +186,10 @@ def main(argv=None) -> int:
                     for s in seeds:
                         if s not in done:
                             status |= run_one(args.out, bench, key[1], m, s, args.data_dir)
-    print(table(collect(folders), benchmarks, mems, methods))
+    text = table(collect(folders), benchmarks, mems, methods)
+    print(text)
+    if args.update_doc:
+        update_doc(args.update_doc, "online", text)
     return status
 
 

@@ -119,6 +119,16 @@ def test_online_grid_runs_its_cells_reuses_them_and_tabulates(tmp_path, capsys, 
 
     monkeypatch.setattr(online_grid, "run_one", no_run)  # rerun: every finished run is reused
     assert online_grid.main(argv) == 0
+    doc = tmp_path / "online.md"  # --update-doc: the table between the markers, the rest kept
+    doc.write_text("intro\n<!-- grid:online -->\nold\n<!-- /grid -->\nafter\n")
+    assert online_grid.main(argv + ["--table-only", "--update-doc", str(doc)]) == 0
+    text = doc.read_text()
+    assert text.startswith("intro\n<!-- grid:online -->\n\n| benchmark |") and text.endswith("<!-- /grid -->\nafter\n")
+    assert "| split-digits | 20 | er | 1 |" in text and "old" not in text
+    doc.write_text("no markers")  # refused before any run (run_one would fail), the file untouched
+    with pytest.raises(SystemExit, match="no '<!-- grid:online -->'"):
+        online_grid.main(argv[:-2] + ["--seeds", "7", "--update-doc", str(doc)])
+    assert doc.read_text() == "no markers"
     with pytest.raises(SystemExit):  # a method outside the grid is refused by name
         online_grid.main(argv[:-4] + ["--methods", "ewc"])
     assert "methods outside the grid: ewc" in capsys.readouterr().err

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -143,6 +144,37 @@ def table(found: dict, benchmarks: list[str], mems: list[int], methods: list[str
     return "\n".join(lines)
 
 
+#: the papers' claims on final accuracy, "A > B", each judged per (benchmark, memory) cell; the paper is A's
+CLAIMS = [("onpro", "pcr"), ("pcr", "scr"), ("scr", "er"), ("hpcr", "pcr"), ("uer", "er"), ("er_ace", "er"),
+          ("mir", "er"), ("der", "er"), ("derpp", "er"), ("gdumb", "er"), ("sharp", "er")]
+
+
+def claims(found: dict, benchmarks: list[str], mems: list[int]) -> str:
+    """Each claim "A > B" per (benchmark, memory) cell, on the seeds both have (the same seed: the
+    same stream order and initial weights): the mean and std of the paired difference of final
+    average accuracy, and the seeds where A wins. A method without memory (SHARP) is compared
+    with B at every memory. "holds" when every shared seed agrees; "mixed" otherwise."""
+    from lifelong.strategies import STRATEGIES
+
+    lines = ["| claim (A's paper) | benchmark | memory | seeds | A - B (points) | A wins | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    for a, b in CLAIMS:
+        src = re.match(r".*?\b(19|20)\d\d\b", STRATEGIES[a].paper).group(0)  # "Authors YEAR"
+        for bench in benchmarks:
+            for mem in mems:
+                ra = found.get((bench, None if a in NO_MEMORY else mem, a), {})
+                rb = found.get((bench, None if b in NO_MEMORY else mem, b), {})
+                seeds = sorted(set(ra) & set(rb))
+                if not seeds:
+                    continue
+                d = [ra[s]["average_accuracy"] - rb[s]["average_accuracy"] for s in seeds]
+                wins = sum(x > 0 for x in d)
+                verdict = "holds" if wins == len(d) else "does not hold" if wins == 0 else "mixed"
+                lines.append(f"| {label(a)} > {label(b)} ({src}) | {bench} | {mem} | {len(seeds)} | {_ms(d)} | "
+                             f"{wins}/{len(seeds)} | {verdict} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -186,7 +218,9 @@ def main(argv=None) -> int:
                     for s in seeds:
                         if s not in done:
                             status |= run_one(args.out, bench, key[1], m, s, args.data_dir)
-    text = table(collect(folders), benchmarks, mems, methods)
+    found = collect(folders)
+    text = table(found, benchmarks, mems, methods) + "\n\nThe papers' claims, seed by seed:\n\n" + \
+        claims(found, benchmarks, mems)
     print(text)
     if args.update_doc:
         update_doc(args.update_doc, "online", text)

@@ -124,7 +124,7 @@ def test_online_grid_runs_its_cells_reuses_them_and_tabulates(tmp_path, capsys, 
     assert online_grid.main(argv + ["--table-only", "--update-doc", str(doc)]) == 0
     text = doc.read_text()
     assert text.startswith("intro\n<!-- grid:online -->\n\n| benchmark |") and text.endswith("<!-- /grid -->\nafter\n")
-    assert "| split-digits | 20 | er | 1 |" in text and "old" not in text
+    assert "| split-digits | 20 | er | 1 |" in text and "\nold\n" not in text
     doc.write_text("no markers")  # refused before any run (run_one would fail), the file untouched
     with pytest.raises(SystemExit, match="no '<!-- grid:online -->'"):
         online_grid.main(argv[:-2] + ["--seeds", "7", "--update-doc", str(doc)])
@@ -155,6 +155,27 @@ def test_method_grid_passes_a_cells_own_settings(tmp_path, monkeypatch):
     assert method_grid.main(["--family", "isolation", "--out", str(tmp_path), "--methods", "hat",
                              "--cells", "permuted-mnist:task"]) == 0
     assert "task_agnostic" not in calls[0]
+
+
+def test_online_grid_judges_each_claim_on_paired_seeds():
+    online_grid = pytest.importorskip("online_grid")
+
+    def runs(accs):
+        return {s: {"average_accuracy": a} for s, a in accs.items()}
+
+    found = {("b", 200, "er"): runs({0: 0.70, 1: 0.72, 2: 0.71}), ("b", 200, "uer"): runs({0: 0.80, 1: 0.70}),
+             ("b", 200, "scr"): runs({0: 0.90, 1: 0.91, 2: 0.95}), ("b", None, "sharp"): runs({0: 0.5, 1: 0.6}),
+             ("b", 500, "er"): runs({0: 0.75})}
+    text = online_grid.claims(found, ["b"], [200, 500])
+    rows = {tuple(c.strip() for c in line.split("|")[1:4]): line for line in text.splitlines()[2:]}
+    # UER - ER on seeds 0 and 1 only (seed 2 has no UER run): +10 and -2 points, mean 4, std 8.49
+    uer = rows[("uer > er (Lin et al. 2023)", "b", "200")]
+    assert "| 2 | 4.00 ± 8.49 | 1/2 | mixed |" in uer
+    assert "| 3 | 21.00 ± 2.65 | 3/3 | holds |" in rows[("scr > er (Mai et al. 2021)", "b", "200")]
+    # SHARP has no memory: compared with ER at every memory
+    assert "| 2 | -16.00 ± 5.66 | 0/2 | does not hold |" in rows[("sharp > er (Gurbuz, Moorman & Dovrolis 2023)", "b", "200")]
+    assert "| 1 | -25.00 ± 0.00 | 0/1 | does not hold |" in rows[("sharp > er (Gurbuz, Moorman & Dovrolis 2023)", "b", "500")]
+    assert not any(k[0].startswith(("onpro", "pcr", "gdumb")) for k in rows)  # no runs: no row
 
 
 def test_method_grid_puts_its_table_between_the_markers_only(tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 clipping, precision, compile, divergence, task-aware prediction, device placement, and the
 composition contract (no silent winner)."""
 import copy
+import math
 
 import pytest
 import torch
@@ -479,3 +480,72 @@ def test_task_free_online_run_resumes_bit_for_bit():
     for snap in (ck.snaps[1], ck.snaps[-1]):
         res, _ = _fit(ER(mem_size=30), iterations=None, epochs=1, task_free=True, online_accuracy=True, resume=snap)
         assert res.accuracy_matrix == ref.accuracy_matrix and res.online == ref.online and res.losses == ref.losses
+
+
+# ---------------------------------------------------------------------------- online accuracy: the stream's rows only
+def _online(strategy, **kw):
+    return _fit(strategy, iterations=None, epochs=1, online_accuracy=True, **kw)
+
+
+def test_online_accuracy_counts_each_incoming_sample_once_and_only_those():
+    # ER trains on the stream, iCaRL on the stream and its exemplars (after it), Joint on the
+    # earlier experiences and the current one (last): each predicts the incoming samples only
+    from lifelong.strategies.icarl import ICaRL
+    from lifelong.strategies.joint import Joint
+
+    for strategy in (ER(mem_size=30), ICaRL(mem_size=30), Joint()):
+        res, stream = _online(strategy)
+        assert [n for _, n in res.online] == [len(e.train) for e in stream], strategy.name
+
+
+def test_online_accuracy_of_a_method_training_on_data_of_its_own_is_undefined():
+    from lifelong.runner import online_summary
+    from lifelong.strategies.gdumb import GDumb
+
+    res, _ = _online(GDumb(mem_size=30, passes=2))
+    assert res.online == [[0, 0]] * 5  # never predicted (GDumb trains on its memory)
+    # a part of the stream is not the whole: undefined for the run when any experience is
+    acc, per = online_summary([[8, 10], [0, 0], [3, 4]])
+    assert math.isnan(acc) and per[0] == 0.8 and math.isnan(per[1]) and per[2] == 0.75
+    acc, per = online_summary([[8, 10], [3, 4]])
+    assert acc == 11 / 14 and per == [0.8, 0.75]
+
+
+def test_an_experiences_own_budget_with_a_strategys_own_passes_is_refused_before_training():
+    from lifelong.strategies.gdumb import GDumb
+
+    stream = _stream()
+    stream.experiences[2].iterations = 7
+    g = GDumb(mem_size=30, passes=2)
+    with pytest.raises(ConfigError, match="experience 2 has its own iteration budget.*'gdumb'.*2 passes"):
+        _fit(g, stream=stream, iterations=None)
+    assert len(g.buffer_) == 0 and g.buffer_.n_seen == 0  # nothing ran: no sample reached the memory
+
+
+def test_gdumb_passes_resume_mid_experience_bit_for_bit():
+    from test_resume import InMemory
+
+    from lifelong.strategies.gdumb import GDumb
+
+    ck = InMemory(11)
+    ref, _ = _online(GDumb(mem_size=30, passes=3), checkpointer=ck)
+    assert len(ck.snaps) > 2
+    for snap in (ck.snaps[1], ck.snaps[-1]):
+        res, _ = _online(GDumb(mem_size=30, passes=3), resume=snap)
+        assert res.accuracy_matrix == ref.accuracy_matrix and res.losses == ref.losses
+
+
+def test_an_online_run_sizes_its_schedule_by_the_online_batch():
+    # the schedule's budget per experience is len(train) / online.batch_size steps (it was sized
+    # with train.batch_size, 128, and ran past its end: IndexError)
+    cfg = {"benchmark": {"name": "split-digits"}, "model": {"hidden": [16]}, "eval": {"every": None},
+           "online": {"batch_size": 10}, "train": {"schedule": {"name": "cosine"}, "optimizer": "sgd", "lr": 0.1},
+           "strategy": {"name": "er", "mem_size": 30}}
+    from lifelong.runner import build_run_schedule
+    from lifelong.streams.presets import build_benchmark
+
+    c = parse_config(cfg)
+    stream = build_benchmark(c.benchmark, c.seed)
+    assert build_run_schedule(c.train, stream, 10).budgets == [-(-len(e.train) // 10) for e in stream]
+    res = run(cfg)  # every step of every experience finds its factor
+    assert len(res["accuracy_matrix"]) == 5

@@ -110,13 +110,13 @@ def run(config: RunConfig | dict, monitor=None, checkpointer=None, resume: dict 
 
         refuse_own_masks(strategy)
     t0 = time.perf_counter()
-    result = train(stream.to(device), strategy, make_optimizer_factory(tc),
-                   batch_size=cfg.online.batch_size if cfg.online else tc.batch_size,
+    batch_size = cfg.online.batch_size if cfg.online else tc.batch_size
+    result = train(stream.to(device), strategy, make_optimizer_factory(tc), batch_size=batch_size,
                    iterations=tc.iterations, epochs=tc.epochs, seed=train_seed,
                    reset_optimizer=tc.reset_optimizer, eval_batch_size=cfg.eval.batch_size,
                    eval_every=cfg.eval.every, eval_subsample=cfg.eval.subsample,
                    eval_split="valid" if selection else cfg.eval.split, matrix_split="valid" if selection else "test",
-                   monitor=monitor, schedule=build_run_schedule(tc, stream), grad_clip_norm=tc.grad_clip_norm,
+                   monitor=monitor, schedule=build_run_schedule(tc, stream, batch_size), grad_clip_norm=tc.grad_clip_norm,
                    precision=tc.precision or "fp32", record_grad_norms=bool(tc.record_grad_norms),
                    checkpointer=checkpointer, resume=resume, task_free=task_free,
                    online_accuracy=bool(cfg.online and cfg.online.accuracy), eval_agnostic=cfg.eval.task_agnostic)
@@ -156,11 +156,10 @@ def run(config: RunConfig | dict, monitor=None, checkpointer=None, resume: dict 
             break
     if tc.record_grad_norms:
         out["grad_norms"] = result.grad_norms
-    if result.online:  # the accuracy on each incoming batch before training on it; undefined (NaN, null in
-        # results.json) where the strategy trained on data of its own, never predicting the stream's batches
-        hits, seen = (sum(h for h, _ in result.online), sum(n for _, n in result.online))
-        out["online_accuracy"] = hits / seen if seen else float("nan")
-        out["online_accuracy_per_experience"] = [h / n if n else float("nan") for h, n in result.online]
+    if result.online:  # the accuracy on each incoming batch before training on it. Undefined (NaN, null in
+        # results.json) for an experience where the strategy trained on none of the incoming samples (a memory,
+        # stored features, a closed-form fit), and then for the run: a part of the stream is not the whole
+        out["online_accuracy"], out["online_accuracy_per_experience"] = online_summary(result.online)
     if checkpointer is not None:  # execution facts, like the timings (they differ between resumed runs)
         out["checkpoints"] = {"saved": checkpointer.saves, "time_s": checkpointer.time_s,
                               "resumed_from": None if resume is None else list(resume["next"])}
@@ -169,15 +168,24 @@ def run(config: RunConfig | dict, monitor=None, checkpointer=None, resume: dict 
     return out
 
 
+def online_summary(online: list[list[int]]) -> tuple[float, list[float]]:
+    """The run's online accuracy and each experience's, from [hits, seen] per experience; NaN for
+    an experience that predicted nothing, and then for the run (a part is not the whole)."""
+    hits, seen = sum(h for h, _ in online), sum(n for _, n in online)
+    per = [h / n if n else float("nan") for h, n in online]
+    return (hits / seen if all(n for _, n in online) else float("nan")), per
+
+
 def check_iterations(iterations, n_experiences: int) -> None:
     if isinstance(iterations, list) and len(iterations) != n_experiences:
         raise ConfigError(f"config key 'train.iterations': {len(iterations)} budgets given for a stream of "
                           f"{n_experiences} experiences; give one number, or one per experience")
 
 
-def build_run_schedule(tc, stream):
+def build_run_schedule(tc, stream, batch_size: int):
     """The learning-rate schedule of ``train.schedule`` (None: constant), sized by the planned
-    iterations of each experience (with ``epochs``, from the experience's training set size)."""
+    iterations of each experience (with ``epochs``, from the experience's training set size and
+    the minibatch size the loop uses: ``online.batch_size`` in an online run)."""
     if getattr(tc, "schedule", None) is None:
         return None
     from .schedules import build_schedule
@@ -186,7 +194,7 @@ def build_run_schedule(tc, stream):
     budgets = []
     for exp in stream:
         b = iteration_budget(exp, tc.iterations)
-        budgets.append(b if b is not None else tc.epochs * -(-len(exp.train) // tc.batch_size))
+        budgets.append(b if b is not None else tc.epochs * -(-len(exp.train) // batch_size))
     return build_schedule(tc.schedule, budgets)
 
 

@@ -11,7 +11,7 @@ import torch
 
 from . import checkpoint as ckpt
 from . import metrics
-from .errors import DivergenceError
+from .errors import ConfigError, DivergenceError
 from .evaluation import ContinualEvaluator, evaluate
 from .streams import Experience, Stream
 from .strategies.base import Batch, StepContext, Strategy
@@ -98,6 +98,8 @@ def train(stream: Stream, strategy: Strategy, make_optimizer: Callable, *, batch
     result = RunResult(stream.scenario, task_agnostic_matrix=[] if eval_agnostic else None)
     cont = None if not eval_every else ContinualEvaluator(
         stream.experiences, stream.n_classes, eval_every, eval_subsample, stream.scenario == "task", seed, eval_split)
+    if not task_free:
+        check_own_budgets(stream, strategy)
     amp = Precision(precision, dev)
     ctx = StepContext(grad_scaler=amp.scaler, stream=stream)
     strategy.set_context(ctx)
@@ -139,10 +141,8 @@ def train(stream: Stream, strategy: Strategy, make_optimizer: Callable, *, batch
             monitor.start(exp, n_iters)
         model.train()
         loss_sum = torch.zeros((), device=dev)
-        # hits, seen; only on the incoming stream (a method training on data of its own, GDumb on its
-        # memory, has no "accuracy on each incoming batch before training on it": 0 seen, undefined)
-        online = torch.zeros(2, dtype=torch.long, device=dev) if online_accuracy else None
-        stream_batches = online is not None and (task_free or data is exp.train)
+        online = torch.zeros(2, dtype=torch.long, device=dev) if online_accuracy else None  # hits, seen
+        rows = online_rows(strategy, exp, data, task_free) if online is not None and n_iters else False
         g_start = g.get_state()
         skip = 0
         if resuming and resume["current"] is not None:  # interrupted inside this experience
@@ -160,8 +160,8 @@ def train(stream: Stream, strategy: Strategy, make_optimizer: Callable, *, batch
             idx = idx.to(data.y.device)
             t = data.t[idx] if task is None else task.expand(len(idx))
             batch = Batch(data.x[idx], data.y[idx], t, index=idx)
-            if stream_batches:  # predicted before the model trains on it
-                online += online_hits(strategy, batch, task_aware)
+            if rows is not False:  # the incoming samples, predicted before the model trains on them
+                online += online_hits(strategy, batch, task_aware, None if rows is None else rows[idx])
             if task_free:
                 observe_labels(model, batch)
             batch = strategy.augment(batch)
@@ -242,12 +242,20 @@ def _optimizer_for(groups, make_optimizer, optimizer):
     return optimizer
 
 
+def check_own_budgets(stream: Stream, strategy) -> None:
+    """An experience's own iteration budget and a strategy's own passes would both set the same
+    budget: refused before anything trains (``config.check_passes`` refuses the run's keys)."""
+    own = [e.index for e in stream.experiences if e.iterations is not None]
+    passes = strategy.train_passes()
+    if own and passes is not None:
+        raise ConfigError(f"experience {own[0]} has its own iteration budget and strategy '{strategy.name}' makes "
+                          f"its own {passes} passes over its training data: set one of the two")
+
+
 def run_budget(exp: Experience, iterations, epochs: int, passes: int | None) -> tuple[int | None, int]:
     """(iterations or None, passes) for one experience: the strategy's own pass count over its
     training data (:meth:`Strategy.train_passes`) when it fixes one, else the run's budget."""
-    if passes is not None:
-        return None, passes
-    return iteration_budget(exp, iterations), epochs
+    return (iteration_budget(exp, iterations), epochs) if passes is None else (None, passes)
 
 
 def iteration_budget(exp: Experience, iterations: int | list[int] | None) -> int | None:
@@ -362,14 +370,31 @@ def restore_current(current: dict, strategy, optimizer, scaler, dev):
             None if online is None else online.to(dev, copy=True))
 
 
+def online_rows(strategy, exp: Experience, data, task_free: bool):
+    """The rows of ``data`` the online accuracy predicts: None for all of them, a bool mask for
+    some, False for none (the strategy trains on none of the incoming samples: a memory, stored
+    features; the online accuracy is then undefined for the experience)."""
+    if task_free:
+        return None
+    mask = strategy.stream_rows(exp, data)
+    if mask is None or not bool(mask.any()):
+        return False
+    return None if bool(mask.all()) else mask
+
+
 @torch.no_grad()
-def online_hits(strategy, batch: Batch, task_aware: bool) -> torch.Tensor:
-    """[correct, seen] of the model's predictions on an incoming batch, in evaluation mode."""
+def online_hits(strategy, batch: Batch, task_aware: bool, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """[correct, seen] of the model's predictions on an incoming batch (``rows``: only these), in
+    evaluation mode."""
+    x, y, t = (batch.x, batch.y, batch.t) if rows is None else (batch.x[rows], batch.y[rows], batch.t[rows])
+    seen = torch.tensor(len(y), device=y.device)
+    if len(y) == 0:
+        return torch.stack([seen, seen])
     model = strategy.model
     model.eval()
-    scores = strategy.predict(batch.x, batch.t if task_aware else None)
+    scores = strategy.predict(x, t if task_aware else None)
     model.train()
-    return torch.stack([(scores.argmax(1) == batch.y).sum(), torch.tensor(len(batch.y), device=batch.y.device)])
+    return torch.stack([(scores.argmax(1) == y).sum(), seen])
 
 
 def observe_labels(model, batch: Batch) -> None:

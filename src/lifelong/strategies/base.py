@@ -165,6 +165,15 @@ class Strategy:
         (a method that fits in closed form does so in ``after_experience``)."""
         return exp.train
 
+    def stream_rows(self, exp: Experience, data: Split) -> torch.Tensor | None:
+        """Which rows of ``data`` (what ``train_data`` returned) are the experience's incoming
+        samples, as a bool mask; None when it trains on none of them (a memory, stored
+        features). The online accuracy predicts only these rows, each before the model trains on
+        it; with None it is undefined for the experience. Default: every row when ``data`` is
+        ``exp.train``, else None. A method that adds stored samples to the incoming ones
+        (iCaRL's exemplars) or holds some out (VCL's coreset) says which rows are the stream's."""
+        return torch.ones(len(data), dtype=torch.bool, device=data.y.device) if data is exp.train else None
+
     def train_passes(self) -> int | None:
         """How many passes the loop makes over ``train_data`` at each experience. None (default):
         the run's budget decides (``train.iterations`` or ``train.epochs``; one pass online). A
@@ -318,6 +327,9 @@ class Compose(Strategy):
 
     def train_passes(self):  # the passes of the member whose data the loop trains on
         return self._one("train_data").train_passes()
+
+    def stream_rows(self, exp, data):
+        return self._one("train_data").stream_rows(exp, data)
 
     def param_groups(self):
         """The groups of every member that overrides ``param_groups`` (a parameter claimed with

@@ -28,7 +28,10 @@ Paper defaults (MNIST, its Table 3 settings): memory k = 300 or 500 (``mem_size=
 400-400, SGD with a cosine schedule with warm restarts (lr 0.05 down to 0.0005), batch 16,
 gradient clipping at 10, many passes over the memory (its code's ``--num_passes``: 128 for
 MNIST in its ``scripts/replicate.sh``, 256 for CIFAR-10) -- ``passes`` (or the run's
-``train.epochs``/``train.iterations``), ``train.schedule`` and ``train.grad_clip_norm`` for that.
+``train.epochs``/``train.iterations``) and ``train.grad_clip_norm`` for that. The schedule: with
+``passes`` set, ``train.schedule`` is refused (a run's schedule is sized from the stream's
+experiences, not from the memory); without it, give the budget as ``train.iterations`` (a
+schedule over ``train.epochs`` is sized from the experience's training set, not the memory).
 ``passes`` defaults to None (the run's budget) so that an offline run's budget keeps its meaning;
 in online runs, where the run's budget is one pass over each experience, set ``passes=128`` for
 the paper's setting (``benchmarks/online_grid.py`` does).

@@ -74,6 +74,9 @@ class ICaRL(Strategy):
         t = d.t if d.t is not None else torch.full_like(d.y, exp.task_id)
         return Split(torch.cat([d.x, e["x"]]), torch.cat([d.y, e["y"]]), torch.cat([t, e["t"]]))
 
+    def stream_rows(self, exp, data):  # the incoming samples first, the exemplars after them
+        return torch.arange(len(data), device=data.y.device) < len(exp.train)
+
     def loss(self, logits, batch):
         active = torch.isfinite(logits).all(0)
         target = F.one_hot(batch.y, logits.shape[1]).to(logits.dtype)

@@ -245,6 +245,9 @@ class VCL(Strategy):
         self.n_train_ = max(len(d), 1)
         return d
 
+    def stream_rows(self, exp, data):  # incoming samples all (the coreset's are held out of them)
+        return torch.ones(len(data), dtype=torch.bool, device=data.y.device)
+
     def forward(self, batch):
         if self._ml_phase():
             self._drawn = None

@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _docblock import grid_block, update_doc  # noqa: E402
+from _gridtools import CLAIM_HEADER, claim_row, grid_block, paper_source, update_doc  # noqa: E402
 
 BASE = Path(__file__).with_name("method_grid.yaml")
 BASELINES = ["finetune", "ewc", "si", "er"]
@@ -52,6 +52,10 @@ FAMILIES = {
         # test batch, 10 of them on Permuted MNIST (docs/continual-evaluation.md). For the family's own methods:
         # the baselines' runs of that cell are the isolation grid's (both matrices measured, the same numbers)
         "cell_sets": {("permuted-mnist", "task"): ["eval.task_agnostic=false"]},
+        # the papers' claims "A > B" (A's paper): VCL and HNET over EWC and SI (their papers' task-IL tables),
+        # the RNN hypernetwork over the task-conditioned one, ProtoCL against the Bayesian methods (class-IL)
+        "claims": [("vcl", "ewc"), ("vcl", "si"), ("hnet", "ewc"), ("hnet", "si"), ("rnn_hnet", "hnet"),
+                   ("protocl", "vcl"), ("protocl", "binary_field"), ("protocl", "seqbayes")],
     },
 }
 BENCHMARK_SETS = {"permuted-mnist": ["benchmark.n_experiences=10"]}
@@ -128,6 +132,22 @@ def table(folder: Path, cells: list[tuple[str, str]], methods: list[str]) -> str
     return "\n".join(lines)
 
 
+def claims(folder: Path, cells: list[tuple[str, str]], pairs: list[tuple[str, str]]) -> str:
+    """Each claim "A > B" per (benchmark, scenario) cell, on the seeds both have (``claim_row``)."""
+    from lifelong.strategies import STRATEGIES
+
+    rows = collect(folder)
+    lines = [CLAIM_HEADER[0].format(cell="scenario"), CLAIM_HEADER[1]]
+    for a, b in pairs:
+        claim = f"{a} > {b} ({paper_source(STRATEGIES[a].paper)})"
+        for bench, scenario in cells:
+            ra, rb = ({r["seed"]: r["average_accuracy"] for r in rows.get((bench, scenario, m), [])} for m in (a, b))
+            row = claim_row(claim, bench, scenario, ra, rb)
+            if row:
+                lines.append(row)
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--family", choices=sorted(FAMILIES), required=True)
@@ -156,6 +176,8 @@ def main(argv=None) -> int:
                 else:
                     skipped.append(f"{m} ({scenario})")
     text = table(args.out, cells, methods)
+    if fam.get("claims"):
+        text += "\n\nThe papers' claims, seed by seed:\n\n" + claims(args.out, cells, fam["claims"])
     print(text)
     if args.update_doc:
         update_doc(args.update_doc, args.family, text)

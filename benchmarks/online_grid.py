@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _docblock import grid_block, update_doc  # noqa: E402
+from _gridtools import CLAIM_HEADER, claim_row, grid_block, paper_source, update_doc  # noqa: E402
 
 METHODS = ["finetune", "er", "er_ace", "der", "derpp", "mir", "gdumb", "scr", "pcr", "uer", "hpcr", "onpro", "sharp"]
 NO_MEMORY = {"finetune", "sharp"}  # they take no mem_size: one run per benchmark
@@ -150,28 +149,20 @@ CLAIMS = [("onpro", "pcr"), ("pcr", "scr"), ("scr", "er"), ("hpcr", "pcr"), ("ue
 
 
 def claims(found: dict, benchmarks: list[str], mems: list[int]) -> str:
-    """Each claim "A > B" per (benchmark, memory) cell, on the seeds both have (the same seed: the
-    same stream order and initial weights): the mean and std of the paired difference of final
-    average accuracy, and the seeds where A wins. A method without memory (SHARP) is compared
-    with B at every memory. "holds" when every shared seed agrees; "mixed" otherwise."""
+    """Each claim "A > B" per (benchmark, memory) cell, on the seeds both have (``claim_row``). A
+    method without memory (SHARP) is compared with B at every memory."""
     from lifelong.strategies import STRATEGIES
 
-    lines = ["| claim (A's paper) | benchmark | memory | seeds | A - B (points) | A wins | verdict |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [CLAIM_HEADER[0].format(cell="memory"), CLAIM_HEADER[1]]
     for a, b in CLAIMS:
-        src = re.match(r".*?\b(19|20)\d\d\b", STRATEGIES[a].paper).group(0)  # "Authors YEAR"
+        claim = f"{label(a)} > {label(b)} ({paper_source(STRATEGIES[a].paper)})"
         for bench in benchmarks:
             for mem in mems:
-                ra = found.get((bench, None if a in NO_MEMORY else mem, a), {})
-                rb = found.get((bench, None if b in NO_MEMORY else mem, b), {})
-                seeds = sorted(set(ra) & set(rb))
-                if not seeds:
-                    continue
-                d = [ra[s]["average_accuracy"] - rb[s]["average_accuracy"] for s in seeds]
-                wins = sum(x > 0 for x in d)
-                verdict = "holds" if wins == len(d) else "does not hold" if wins == 0 else "mixed"
-                lines.append(f"| {label(a)} > {label(b)} ({src}) | {bench} | {mem} | {len(seeds)} | {_ms(d)} | "
-                             f"{wins}/{len(seeds)} | {verdict} |")
+                ra, rb = (found.get((bench, None if m in NO_MEMORY else mem, m), {}) for m in (a, b))
+                row = claim_row(claim, bench, str(mem), *({s: r["average_accuracy"] for s, r in x.items()}
+                                                          for x in (ra, rb)))
+                if row:
+                    lines.append(row)
     return "\n".join(lines)
 
 

@@ -178,6 +178,21 @@ def test_online_grid_judges_each_claim_on_paired_seeds():
     assert not any(k[0].startswith(("onpro", "pcr", "gdumb")) for k in rows)  # no runs: no row
 
 
+def test_method_grid_judges_the_familys_claims_on_paired_seeds(tmp_path):
+    method_grid = pytest.importorskip("method_grid")
+    for m, accs in (("hnet", [0.99, 0.95, 0.97]), ("rnn_hnet", [0.98, 0.97])):  # rnn_hnet has seeds 0, 1 only
+        for seed, acc in enumerate(accs):
+            d = tmp_path / m / f"seed-{seed}"
+            d.mkdir(parents=True)
+            (d / "results.json").write_text(json.dumps({
+                "status": "complete", "seed": seed, "average_accuracy": acc,
+                "config": {"benchmark": {"name": "split-mnist", "scenario": "task"}, "strategy": {"name": m}}}))
+    text = method_grid.claims(tmp_path, [("split-mnist", "task")], [("rnn_hnet", "hnet"), ("vcl", "ewc")])
+    # seeds 0 and 1: -1 and +2 points, mean 0.5, std 2.12; no VCL or EWC run: no row
+    assert text.splitlines()[2:] == [
+        "| rnn_hnet > hnet (Chandra et al. 2023) | split-mnist | task | 2 | 0.50 ± 2.12 | 1/2 | mixed |"]
+
+
 def test_method_grid_puts_its_table_between_the_markers_only(tmp_path, monkeypatch):
     method_grid = pytest.importorskip("method_grid")
     doc = tmp_path / "d.md"

@@ -219,6 +219,16 @@ def test_permuted_reference_cost_runs_the_reference_config_and_refuses_bad_argum
     refused = cost.measure("seqbayes", 1, 0)
     assert "seqbayes_max_params" in refused["refused"]
     assert "refused" in cost.table([refused])
+    # the steps' CPU time, through the loop's monitor: every step counted, inside the run's CPU time
+    import time
+
+    from lifelong.runner import run
+
+    clock = cost.StepClock()
+    t0 = time.process_time()
+    run({"benchmark": {"name": "split-digits"}, "model": {"hidden": [16]}, "train": {"iterations": 4},
+         "eval": {"every": None}, "strategy": {"name": "ewc"}}, monitor=clock)
+    assert clock.n == 5 * 4 and 0 < clock.cpu_s < time.process_time() - t0
     for argv, said in ((["--methods", "lwf"], "methods outside issue 16's list: lwf"),
                        (["--iterations", "0"], "--iterations must be between 1 and 5000")):
         with pytest.raises(SystemExit):

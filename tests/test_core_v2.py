@@ -496,6 +496,11 @@ def test_online_accuracy_counts_each_incoming_sample_once_and_only_those():
     for strategy in (ER(mem_size=30), ICaRL(mem_size=30), Joint()):
         res, stream = _online(strategy)
         assert [n for _, n in res.online] == [len(e.train) for e in stream], strategy.name
+    # VCL holds its coreset out of the incoming samples it trains on: those are not predicted
+    from lifelong.strategies.vcl import VCL
+
+    res, stream = _online(VCL(vcl_coreset_size=7, vcl_coreset_iterations=1))
+    assert [n for _, n in res.online] == [len(e.train) - 7 for e in stream]
 
 
 def test_online_accuracy_of_a_method_training_on_data_of_its_own_is_undefined():

@@ -20,11 +20,14 @@ the model) is in neither. Each method runs in-process with the settings the evid
 
     PYTHONPATH=src python benchmarks/permuted_reference_cost.py --iterations 25 \\
         --out benchmarks/results/permuted_reference_cost.json
+    PYTHONPATH=src python benchmarks/permuted_reference_cost.py \\
+        --from-json benchmarks/results/permuted_reference_cost.json --update-doc docs/bayesian.md
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 import time
 from pathlib import Path
@@ -32,6 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402  (sets the import path for lifelong)
 
+from _gridtools import grid_block, update_doc  # noqa: E402
 from method_grid import METHOD_SETS  # noqa: E402
 
 REFERENCE = Path(__file__).with_name("permuted_reference.yaml")
@@ -109,7 +113,18 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--iterations", type=int, default=25, help="iterations per permutation of the short runs")
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--from-json", type=Path, metavar="FILE", help="no runs: the table of an earlier --out")
+    ap.add_argument("--update-doc", type=Path, metavar="FILE",
+                    help="replace the table between <!-- grid:reference-cost --> and <!-- /grid --> in FILE")
     a, log, dev = C.parse_common(ap, argv)
+    if a.update_doc:  # checked before any run
+        grid_block(a.update_doc, "reference-cost")
+    if a.from_json:
+        try:
+            rows = json.loads(a.from_json.read_text())["runs"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            ap.error(f"--from-json {a.from_json}: not a results file of this script ({e})")
+        return show(rows, a.update_doc)
     methods = a.methods.split(",")
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
@@ -124,7 +139,14 @@ def main(argv=None) -> int:
         if a.out:  # after every method: a long sweep keeps what it measured
             C.write_json(a.out, {"benchmark": "permuted_reference_cost", "full_iterations": FULL,
                                  "environment": C.environment(dev), "runs": rows})
-    print(table(rows))
+    return show(rows, a.update_doc)
+
+
+def show(rows: list[dict], doc: Path | None) -> int:
+    text = table(rows)
+    print(text)
+    if doc:
+        update_doc(doc, "reference-cost", text)
     return 0
 
 

@@ -208,7 +208,7 @@ def test_method_grid_puts_its_table_between_the_markers_only(tmp_path, monkeypat
             method_grid.main(["--family", "bayesian", "--out", str(tmp_path / "g"), "--update-doc", str(bad)])
 
 
-def test_permuted_reference_cost_runs_the_reference_config_and_refuses_bad_arguments(capsys):
+def test_permuted_reference_cost_runs_the_reference_config_and_refuses_bad_arguments(tmp_path, capsys):
     cost = pytest.importorskip("permuted_reference_cost")
     from lifelong.config import parse_config
 
@@ -229,7 +229,16 @@ def test_permuted_reference_cost_runs_the_reference_config_and_refuses_bad_argum
     run({"benchmark": {"name": "split-digits"}, "model": {"hidden": [16]}, "train": {"iterations": 4},
          "eval": {"every": None}, "strategy": {"name": "ewc"}}, monitor=clock)
     assert clock.n == 5 * 4 and 0 < clock.cpu_s < time.process_time() - t0
+    # --from-json: the table of an earlier run into a doc's block, no run
+    rec = {"method": "finetune", "iterations": 25, "cpu_per_step_s": 0.0224, "eval_cpu_s": 47.3,
+           "rest_cpu_s": 48.7, "projected_cpu_s": 1169.4, "average_accuracy": 0.6917}
+    (tmp_path / "c.json").write_text(json.dumps({"runs": [rec, refused]}))
+    doc = tmp_path / "d.md"
+    doc.write_text("a\n<!-- grid:reference-cost -->\n<!-- /grid -->\nb\n")
+    assert cost.main(["--from-json", str(tmp_path / "c.json"), "--update-doc", str(doc)]) == 0
+    assert "| finetune | 0.022 | 47 | 1 | 0.3 | 69.2 |" in doc.read_text() and "seqbayes: refused" in doc.read_text()
     for argv, said in ((["--methods", "lwf"], "methods outside issue 16's list: lwf"),
+                       (["--from-json", str(doc)], "not a results file of this script"),
                        (["--iterations", "0"], "--iterations must be between 1 and 5000")):
         with pytest.raises(SystemExit):
             cost.main(argv)

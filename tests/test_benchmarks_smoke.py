@@ -157,6 +157,27 @@ def test_method_grid_passes_a_cells_own_settings(tmp_path, monkeypatch):
     assert "task_agnostic" not in calls[0]
 
 
+def test_online_grid_runs_the_30_class_stream_in_class_il(tmp_path, monkeypatch):
+    # mnist-fashion-animal's default scenario is domain-IL (10 shared outputs): the grid's 30-class stream
+    # sets class-IL, and a domain-IL run found in its folders is not one of its cells
+    online_grid = pytest.importorskip("online_grid")
+    calls = []
+    monkeypatch.setattr(online_grid.subprocess, "call", lambda cmd, **kw: calls.append(" ".join(cmd)) or 0)
+    online_grid.run_one(tmp_path, "mnist-fashion-animal", 200, "er", 0, None)
+    online_grid.run_one(tmp_path, "split-mnist", 200, "er", 0, None)
+    assert "--set benchmark.scenario=class" in calls[0] and "scenario" not in calls[1]
+    cfg = {"benchmark": {"name": "mnist-fashion-animal"}, "strategy": {"name": "er", "mem_size": 200},
+           "model": {"name": "mlp"}, **{k.split(".")[0]: {} for k in online_grid.SETTINGS}}
+    for k, v in online_grid.SETTINGS.items():
+        cfg[k.split(".")[0]][k.split(".")[1]] = v
+    run = {"status": "complete", "config": cfg}
+    assert online_grid.key_of(run) is None  # the preset's default: domain-IL
+    cfg["benchmark"]["scenario"] = "class"
+    assert online_grid.key_of(run) == ("mnist-fashion-animal", 200, "er")
+    cfg["benchmark"] = {"name": "split-mnist"}  # a split preset: class-IL by default
+    assert online_grid.key_of(run) == ("split-mnist", 200, "er")
+
+
 def test_online_grid_judges_each_claim_on_paired_seeds():
     online_grid = pytest.importorskip("online_grid")
 

@@ -132,6 +132,11 @@ def main(argv=None) -> int:
     if not 1 <= a.iterations <= FULL:
         ap.error(f"--iterations must be between 1 and {FULL}, got {a.iterations}")
     rows = []
+    if a.out and Path(a.out).is_file():  # an earlier --out: its other methods are kept (a sweep in pieces)
+        try:
+            rows = [r for r in json.loads(Path(a.out).read_text())["runs"] if r.get("method") not in methods]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            ap.error(f"--out {a.out} exists and is not a results file of this script ({e}); choose another --out")
     for m in methods:
         log(f"{m} ...")
         rows.append(measure(m, a.iterations, a.seed))

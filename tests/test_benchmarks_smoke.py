@@ -229,7 +229,7 @@ def test_method_grid_puts_its_table_between_the_markers_only(tmp_path, monkeypat
             method_grid.main(["--family", "bayesian", "--out", str(tmp_path / "g"), "--update-doc", str(bad)])
 
 
-def test_permuted_reference_cost_runs_the_reference_config_and_refuses_bad_arguments(tmp_path, capsys):
+def test_permuted_reference_cost_runs_the_reference_config_and_refuses_bad_arguments(tmp_path, capsys, monkeypatch):
     cost = pytest.importorskip("permuted_reference_cost")
     from lifelong.config import parse_config
 
@@ -258,8 +258,15 @@ def test_permuted_reference_cost_runs_the_reference_config_and_refuses_bad_argum
     doc.write_text("a\n<!-- grid:reference-cost -->\n<!-- /grid -->\nb\n")
     assert cost.main(["--from-json", str(tmp_path / "c.json"), "--update-doc", str(doc)]) == 0
     assert "| finetune | 0.022 | 47 | 1 | 0.3 | 69.2 |" in doc.read_text() and "seqbayes: refused" in doc.read_text()
+    # --out of an earlier sweep: its other methods are kept, the ones measured again replaced
+    monkeypatch.setattr(cost, "measure", lambda m, it, seed: {"method": m, "refused": "stub"})
+    assert cost.main(["--methods", "seqbayes,hnet", "--out", str(tmp_path / "c.json")]) == 0
+    assert [r["method"] for r in json.loads((tmp_path / "c.json").read_text())["runs"]] == ["finetune", "seqbayes",
+                                                                                            "hnet"]
+    assert json.loads((tmp_path / "c.json").read_text())["runs"][1]["refused"] == "stub"
     for argv, said in ((["--methods", "lwf"], "methods outside issue 16's list: lwf"),
                        (["--from-json", str(doc)], "not a results file of this script"),
+                       (["--methods", "hnet", "--out", str(doc)], "is not a results file of this script"),
                        (["--iterations", "0"], "--iterations must be between 1 and 5000")):
         with pytest.raises(SystemExit):
             cost.main(argv)

@@ -271,3 +271,43 @@ def test_permuted_reference_cost_runs_the_reference_config_and_refuses_bad_argum
         with pytest.raises(SystemExit):
             cost.main(argv)
         assert said in capsys.readouterr().err
+
+
+def test_permuted_reference_runs_records_finished_refused_and_stopped_runs(tmp_path, capsys):
+    runs = pytest.importorskip("permuted_reference_runs")
+    # a run stopped at the deadline: how far it got, and the full run's projected wall time
+    (tmp_path / "hnet.progress.jsonl").write_text('{"experience": 0, "wall_s": 150.0, "steps": 5000}\n'
+                                                  '{"experience": 1, "wall_s": 310.0, "steps": 10000}\n')
+    stopped = runs.outcome("hnet", tmp_path, "stopped_at_deadline")
+    assert stopped == {"method": "hnet", "stopped_at_deadline": True, "permutations_done": 2,
+                       "wall_s_so_far": 310.0, "projected_wall_s": 1550.0}
+    (tmp_path / "vcl.log").write_text("Traceback ...\nRuntimeError: boom\n")
+    failed = runs.outcome("vcl", tmp_path, "failed")
+    assert failed["permutations_done"] == 0 and "boom" in failed["error"]
+    done = {"method": "si", "wall_time_s": 960.0, "average_accuracy": 0.9712, "bwt": -0.0101,
+            "parameters": {"total": 2126100}}
+    text = runs.table([done, stopped, failed, {"method": "seqbayes", "refused": "too many parameters"}])
+    assert "| si | 10/10 | 96 | 960 | 97.12 | -1.01 | 2,126,100 |" in text
+    assert "| hnet | 2/10 (stopped) | 155 | ~1550 (projected) |" in text
+    assert "| vcl | 0/10 (failed) |" in text and "| seqbayes | refused |" in text
+    # real runs, each in its own process: a refused method, and one stopped at a 1 s deadline
+    out = tmp_path / "r"
+    stopped = runs.drive(["finetune"], 1, 1, 1.0, 0, "cpu", tmp_path / "s", lambda s: None)
+    assert stopped[0]["stopped_at_deadline"] and stopped[0]["permutations_done"] == 0
+    rows = runs.drive(["seqbayes"], 1, 1, 600.0, 0, "cpu", out, lambda s: None)
+    assert "seqbayes_max_params" in rows[0]["refused"]
+    assert json.loads((out / "summary.json").read_text())["runs"] == rows
+    # the table of an earlier folder into a doc's block, no run
+    doc = tmp_path / "d.md"
+    doc.write_text("a\n<!-- grid:reference-runs -->\n<!-- /grid -->\nb\n")
+    assert runs.main(["--from-dir", str(out), "--update-doc", str(doc)]) == 0
+    assert "| seqbayes | refused |" in doc.read_text()
+    for argv, said in ((["--methods", "lwf", "--out-dir", str(out)], "methods outside issue 16's list: lwf"),
+                       (["--jobs", "0", "--out-dir", str(out)], "--jobs must be >= 1"),
+                       (["--deadline-s", "0", "--out-dir", str(out)], "--deadline-s > 0"),
+                       (["--iterations", "5001", "--out-dir", str(out)], "--iterations in 1..5000"),
+                       (["--methods", "hnet"], "--out-dir is required"),
+                       (["--from-dir", str(tmp_path / "none")], "no summary.json of this script there")):
+        with pytest.raises(SystemExit):
+            runs.main(argv)
+        assert said in capsys.readouterr().err

@@ -516,3 +516,24 @@ def test_allow_module_and_trust_config_flags(examples_on_path, monkeypatch, tmp_
     monkeypatch.setenv(ENV, "")
     code, _, err = run_cli(args + ["--out", str(tmp_path / "d"), "--allow-module", "../evil"], capsys)
     assert code == 2 and not (tmp_path / "d").exists()
+
+
+def test_check_model_does_not_rest_on_a_runtime_protocol_check(monkeypatch):
+    """From Python 3.12 ``isinstance`` against a runtime protocol looks members up statically, and
+    an ``nn.Module``'s submodules (``backbone``, ``head``) live in ``_modules``: the check refused
+    every model there (found on the lent GPU machine's Python 3.12). ``check_model`` accepts a
+    model whatever that ``isinstance`` answers."""
+    import inspect
+
+    import lifelong.models as models
+
+    model = build_model("mlp", (4,), 3, "task", hidden=[])
+    with pytest.raises(AttributeError):  # what a static lookup sees of a submodule
+        inspect.getattr_static(model, "backbone")
+
+    class Static(type):  # Python 3.12's answer for every nn.Module
+        def __instancecheck__(cls, obj):
+            return False
+
+    monkeypatch.setattr(models, "ContinualModelProtocol", Static("P", (), {}))
+    check_model(model)

@@ -187,9 +187,14 @@ class ContinualModelProtocol(Protocol):
 
 
 def check_model(model) -> None:
-    """Raise ``TypeError`` unless ``model`` satisfies :class:`ContinualModelProtocol`."""
-    if not isinstance(model, ContinualModelProtocol):
-        missing = [m for m in ("backbone", "head", "features", "forward", "observe") if not hasattr(model, m)]
+    """Raise ``TypeError`` unless ``model`` satisfies :class:`ContinualModelProtocol`.
+
+    Checked with ``hasattr``, not ``isinstance(model, ContinualModelProtocol)``: from Python 3.12
+    a runtime protocol looks its members up statically, and an ``nn.Module``'s submodules
+    (``backbone``, ``head``) live in ``_modules``, reached only through ``__getattr__``; every model
+    would be refused there."""
+    missing = [m for m in ("backbone", "head", "features", "forward", "observe") if not hasattr(model, m)]
+    if missing:
         raise TypeError(f"{type(model).__name__} is not a continual model: it lacks {', '.join(missing)} "
                         "(see lifelong.models.ContinualModelProtocol)")
     for part in ("backbone", "head"):

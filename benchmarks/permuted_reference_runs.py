@@ -1,0 +1,190 @@
+"""Full-length Permuted MNIST reference runs of the issue-16 methods, several at once, under a deadline.
+
+The issue asks for one full seed of every method at the reference length
+(``benchmarks/permuted_reference.yaml``: 10 permutations, MLP 1024-1000-1000, task-IL, 5000
+iterations per permutation), on a GPU when one is lent. A lent GPU machine comes for minutes, so
+this runs every method at once, each in its own process (the GPU is shared; one torch thread
+each), with the per-method settings of ``permuted_reference_cost`` (the evidence grid's, on the
+reference's own MLP), and stops at a deadline:
+
+- a run that finishes writes ``METHOD.json`` (its accuracy matrix, average accuracy, BWT,
+  parameters, wall, train and evaluation times);
+- every run appends a line to ``METHOD.progress.jsonl`` after each permutation (its wall time and
+  its steps so far), so a run stopped at the deadline still says how far it got and what a full
+  run costs (its wall time per permutation so far x 10: a projection, marked so);
+- ``summary.json`` holds every method's outcome (finished, stopped at the deadline, refused, failed).
+
+    PYTHONPATH=src python benchmarks/permuted_reference_runs.py --device cuda --jobs 12 \\
+        --deadline-s 520 --out runs/permuted-reference-gpu
+    PYTHONPATH=src python benchmarks/permuted_reference_runs.py --from-dir runs/permuted-reference-gpu \\
+        --update-doc docs/bayesian.md
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402  (sets the import path for lifelong)
+
+from _gridtools import grid_block, update_doc  # noqa: E402
+from permuted_reference_cost import FULL, METHODS, config_for  # noqa: E402
+
+KEEP = ("average_accuracy", "bwt", "forgetting", "accuracy_matrix", "parameters", "wall_time_s",
+        "train_time_s", "eval_time_s", "device", "versions", "seed")
+
+
+class Progress:
+    """A loop monitor: one JSON line per finished permutation (wall time since the first one
+    started, setting up left out; steps so far)."""
+
+    def __init__(self, path: Path):
+        self.path, self.t0, self.steps = path, None, 0
+
+    def start(self, exp, n_iters):
+        if self.t0 is None:
+            self.t0 = time.perf_counter()
+
+    def step(self, it, loss, latest):
+        self.steps += 1
+
+    def end(self, exp, result):
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"experience": exp.index, "wall_s": time.perf_counter() - self.t0,
+                                "steps": self.steps}) + "\n")
+
+
+def worker(method: str, iterations: int, seed: int, device: str, out: Path) -> int:
+    """One method's full run in this process; its outcome is written to ``out/METHOD.json``."""
+    from lifelong.errors import ConfigError
+    from lifelong.runner import run
+
+    cfg = config_for(method, iterations, seed)
+    cfg["device"] = device
+    (out / f"{method}.progress.jsonl").unlink(missing_ok=True)
+    try:
+        res = run(cfg, monitor=Progress(out / f"{method}.progress.jsonl"))
+    except ConfigError as e:
+        C.write_json(out / f"{method}.json", {"method": method, "refused": str(e)})
+        return 0
+    C.write_json(out / f"{method}.json", {"method": method, "iterations": iterations,
+                                          **{k: res[k] for k in KEEP if k in res}})
+    return 0
+
+
+def outcome(method: str, out: Path, status: str) -> dict:
+    done = out / f"{method}.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    lines = (out / f"{method}.progress.jsonl").read_text().splitlines() \
+        if (out / f"{method}.progress.jsonl").is_file() else []
+    rows = [json.loads(x) for x in lines]
+    row = {"method": method, status: True, "permutations_done": len(rows)}
+    if rows:
+        row["wall_s_so_far"] = rows[-1]["wall_s"]
+        row["projected_wall_s"] = rows[-1]["wall_s"] / len(rows) * 10
+    log = out / f"{method}.log"
+    if status == "failed" and log.is_file():
+        row["error"] = log.read_text()[-2000:]
+    return row
+
+
+def drive(methods: list[str], iterations: int, jobs: int, deadline_s: float, seed: int, device: str, out: Path,
+          log) -> list[dict]:
+    out.mkdir(parents=True, exist_ok=True)
+    t0, queue, running, rows = time.perf_counter(), list(methods), {}, {}
+    while queue or running:
+        while queue and len(running) < jobs:
+            m = queue.pop(0)
+            cmd = [sys.executable, __file__, "--worker", m, "--iterations", str(iterations), "--seed", str(seed),
+                   "--device", device, "--out-dir", str(out)]
+            running[m] = subprocess.Popen(cmd, stdout=open(out / f"{m}.log", "w"), stderr=subprocess.STDOUT,
+                                          start_new_session=True)
+            log(f"started {m}")
+        for m, p in list(running.items()):
+            if p.poll() is not None:
+                rows[m] = outcome(m, out, "failed" if p.returncode else "finished")
+                log(f"{m}: rc {p.returncode} after {time.perf_counter() - t0:.0f} s")
+                del running[m]
+        if time.perf_counter() - t0 > deadline_s:
+            for m, p in running.items():
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+                rows[m] = outcome(m, out, "stopped_at_deadline")
+                log(f"{m}: stopped at the deadline")
+            running, queue = {}, []
+        time.sleep(1)
+    result = [rows[m] for m in methods if m in rows]
+    C.write_json(out / "summary.json", {"benchmark": "permuted_reference_runs", "deadline_s": deadline_s,
+                                        "jobs": jobs, "environment": C.environment(C.setup_torch(1, device)),
+                                        "runs": result})
+    return result
+
+
+def table(rows: list[dict]) -> str:
+    out = []
+    for r in rows:
+        if "refused" in r:
+            out.append([r["method"], "refused", "", "", "", "", ""])
+        elif "average_accuracy" in r:
+            out.append([r["method"], "10/10", f"{r['wall_time_s'] / 10:.0f}", f"{r['wall_time_s']:.0f}",
+                        f"{100 * r['average_accuracy']:.2f}",
+                        f"{100 * r['bwt']:.2f}" if r.get("bwt") is not None else "",
+                        f"{r['parameters'].get('trainable', r['parameters'].get('total')):,}"])
+        elif r.get("permutations_done"):
+            state = "failed" if r.get("failed") else "stopped"
+            out.append([r["method"], f"{r['permutations_done']}/10 ({state})",
+                        f"{r['projected_wall_s'] / 10:.0f}", f"~{r['projected_wall_s']:.0f} (projected)", "", "", ""])
+        else:
+            out.append([r["method"], "0/10 (failed)" if r.get("failed") else "0/10 (stopped)", "", "", "", "", ""])
+    return C.markdown_table(["method", "permutations", "wall s per permutation", "wall s per run",
+                             "average accuracy (%)", "BWT (points)", "parameters"], out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--iterations", type=int, default=FULL, help="iterations per permutation (a check: fewer)")
+    ap.add_argument("--jobs", type=int, default=2, help="runs at once")
+    ap.add_argument("--deadline-s", type=float, default=float("inf"), help="stop the runs still going after this")
+    ap.add_argument("--out-dir", type=Path, help="a folder for the runs' files and summary.json")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--from-dir", type=Path, metavar="DIR", help="no runs: the table of an earlier --out-dir")
+    ap.add_argument("--update-doc", type=Path, metavar="FILE",
+                    help="replace the table between <!-- grid:reference-runs --> and <!-- /grid --> in FILE")
+    a, log, dev = C.parse_common(ap, argv)
+    if a.worker:
+        return worker(a.worker, a.iterations, a.seed, a.device, a.out_dir)
+    if a.update_doc:  # checked before any run
+        grid_block(a.update_doc, "reference-runs")
+    if a.from_dir:
+        try:
+            rows = json.loads((a.from_dir / "summary.json").read_text())["runs"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            ap.error(f"--from-dir {a.from_dir}: no summary.json of this script there ({e})")
+    else:
+        methods = a.methods.split(",")
+        unknown = sorted(set(methods) - set(METHODS))
+        if unknown:
+            ap.error(f"methods outside issue 16's list: {', '.join(unknown)} (the list: {', '.join(METHODS)})")
+        if a.jobs < 1 or not a.deadline_s > 0 or not 1 <= a.iterations <= FULL:
+            ap.error(f"--jobs must be >= 1, --deadline-s > 0 and --iterations in 1..{FULL}, "
+                     f"got {a.jobs}, {a.deadline_s} and {a.iterations}")
+        if a.out_dir is None:
+            ap.error("--out-dir is required for runs")
+        rows = drive(methods, a.iterations, a.jobs, a.deadline_s, a.seed, str(dev), a.out_dir, log)
+    text = table(rows)
+    print(text)
+    if a.update_doc:
+        update_doc(a.update_doc, "reference-runs", text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -167,3 +167,30 @@ def test_vcl_reports_a_mean_and_a_log_variance_per_weight_as_trained():
     model = build_model("mlp", (1, 8, 8), 10, "task", hidden=[16])
     n = sum(p.numel() for p in model.parameters())
     assert VCL().setup(model, "cpu", 0).parameter_count() == {"trainable": 2 * n, "means": n, "log_variances": n}
+
+
+def test_protocl_task_il_with_classes_shared_by_tasks():
+    """Permuted MNIST in task-IL: every task has the ten digits. Each task's prediction uses its
+    own classes, shared prototypes included; it used to keep one task per class (the latest), so
+    every earlier task's predictions were masked out entirely: exactly chance (10 %)."""
+    from lifelong.streams import permuted_stream
+
+    stream = permuted_stream(digits(), n_experiences=3, scenario="task", seed=0)
+    torch.manual_seed(0)
+    model = build_model("mlp", stream.input_shape, stream.n_classes, "task", hidden=[64])
+    strategy = ProtoCL(mem_size=300).setup(model, "cpu", 0)
+    res = train(stream, strategy, lambda p: torch.optim.Adam(p, lr=1e-2), batch_size=32, iterations=100, seed=0)
+    final = res.accuracy_matrix[-1]
+    assert min(final) > 0.5, final  # the earlier tasks too, not chance
+    # a task not seen yet has no classes: its predictions are all -inf, not another task's
+    x = stream.experiences[0].test.x[:4]
+    assert torch.isinf(strategy.predict(x, torch.full((4,), 7))).all()
+    # the state round-trips, and a checkpoint of the one-task-per-class format still loads
+    state = strategy.extra_state()
+    old = dict(state, class_task=torch.tensor([0, 0, 1, 1, 2, 2, -1, -1, -1, -1]))
+    del old["task_classes"]
+    strategy.load_extra_state(old)
+    assert strategy.task_classes_.tolist() == [[c in (0, 1) for c in range(10)], [c in (2, 3) for c in range(10)],
+                                               [c in (4, 5) for c in range(10)]]
+    strategy.load_extra_state(state)
+    assert strategy.task_classes_.all()

@@ -346,3 +346,27 @@ def test_gacil_on_the_library_blurry_stream_is_joint_and_acil_refuses_it():
     assert _final(res) > 0.85
     with pytest.raises(ConfigError, match="seen before.*gacil"):
         _fit("acil", stream)
+
+
+def test_fetril_refuses_a_task_il_stream_whose_tasks_share_classes():
+    """FeTrIL labels a class's pseudo-features with that class's one task; on Permuted MNIST in
+    task-IL (every task has the ten digits) it used to put every class in the latest task and
+    score earlier tasks at chance. Refused before training, naming the class and the tasks."""
+    from lifelong.runner import check_task_disjoint
+    from lifelong.strategies import Compose
+    from lifelong.streams import permuted_stream
+
+    shared = permuted_stream(digits(), n_experiences=2, scenario="task", seed=0)
+    with pytest.raises(ConfigError, match="strategy 'fetril' needs each class in one task in task-IL, but "
+                                          "benchmark '.*' has class 0 in tasks 0 and 1"):
+        check_task_disjoint(STRATEGIES["fetril"](), shared)
+    for name in ("sharp", "ncm", "prd"):  # state keyed by class too
+        with pytest.raises(ConfigError, match=f"strategy '{name}' needs each class in one task"):
+            check_task_disjoint(STRATEGIES[name](), shared)
+    check_task_disjoint(STRATEGIES["finetune"](), shared)  # the others predict per task: allowed
+    check_task_disjoint(STRATEGIES["fetril"](), split_stream(digits(), scenario="task", n_experiences=5, seed=0))
+    check_task_disjoint(STRATEGIES["fetril"](), permuted_stream(digits(), n_experiences=2, scenario="class", seed=0))
+    assert Compose(STRATEGIES["fetril"]()).task_disjoint_classes and not Compose(STRATEGIES["er"]()).task_disjoint_classes
+    with pytest.raises(ConfigError, match="has class 0 in tasks 0 and 1"):
+        run({"benchmark": {"name": "permuted-mnist", "scenario": "task", "n_experiences": 2},
+             "strategy": {"name": "fetril"}, "train": {"iterations": 1}})

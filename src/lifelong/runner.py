@@ -96,6 +96,7 @@ def run(config: RunConfig | dict, monitor=None, checkpointer=None, resume: dict 
         raise ConfigError(f"strategy '{strategy.name}' supports scenarios {list(strategy.scenarios)}, "
                           f"not '{stream.scenario}'")
     check_eval_scenario(cfg, stream.scenario)
+    check_task_disjoint(strategy, stream)
     torch.manual_seed(cfg.seed)
     m = cfg.model
     kwargs = {k: v for k, v in (("hidden", m.hidden), ("channels", m.channels)) if v is not None}
@@ -166,6 +167,20 @@ def run(config: RunConfig | dict, monitor=None, checkpointer=None, resume: dict 
     out["_state"] = {"model": model.state_dict(), "strategy": strategy.extra_state()}
     out["_curve"] = result.curve
     return out
+
+
+def check_task_disjoint(strategy, stream) -> None:
+    """A method that needs each class in one task (``Strategy.task_disjoint_classes``) against a
+    task-IL stream whose tasks share a class: refused before training."""
+    if stream.scenario != "task" or not strategy.task_disjoint_classes:
+        return
+    owner = {}
+    for e in stream.experiences:
+        for c in e.classes:
+            if owner.setdefault(c, e.task_id) != e.task_id:
+                raise ConfigError(f"strategy '{strategy.name}' needs each class in one task in task-IL, but benchmark "
+                                  f"'{stream.name}' has class {c} in tasks {owner[c]} and {e.task_id}: use a benchmark "
+                                  f"whose tasks have their own classes (a split one), or benchmark.scenario: class")
 
 
 def online_summary(online: list[list[int]]) -> tuple[float, list[float]]:

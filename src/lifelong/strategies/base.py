@@ -120,6 +120,10 @@ class Strategy:
     #: Why ``train.compile`` cannot serve this method (None: it can). binary_field swaps its
     #: layers' ``forward`` every step, which a compiled backbone would follow only by recompiling.
     compile_refusal: ClassVar[str | None] = None
+    #: True for a method that, in task-IL, needs each class in one task only (FeTrIL labels a
+    #: class's pseudo-features with that class's task): a stream whose tasks share classes
+    #: (Permuted MNIST) is refused before training.
+    task_disjoint_classes: ClassVar[bool] = False
 
     @property
     def gradient_free(self) -> bool:
@@ -298,6 +302,10 @@ class Compose(Strategy):
     @property
     def supports_task_free(self) -> bool:
         return all(m.supports_task_free for m in self.members)
+
+    @property
+    def task_disjoint_classes(self) -> bool:
+        return any(m.task_disjoint_classes for m in self.members)
 
     @property
     def compile_refusal(self) -> str | None:

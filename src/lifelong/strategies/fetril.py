@@ -56,6 +56,7 @@ class FeTrIL(FrozenFeatureStrategy):
     name = "fetril"
     paper = "Petit et al. 2023 (WACV), FeTrIL: Feature Translation for Exemplar-Free Class-Incremental Learning"
     scenarios = ("class", "task")
+    task_disjoint_classes = True  # a class's pseudo-features carry that class's one task (task-IL)
     prefix = "fetril"
     feeds_inputs = False  # its head trains on stored (and translated) features
 

@@ -37,6 +37,8 @@ class NCM(FrozenFeatureStrategy):
     name = "ncm"
     paper = "Janson et al. 2022, A Simple Baseline that Questions the Use of Pretrained-Models in Continual Learning"
     scenarios = ("class", "task", "domain")
+    # one mean per class: in task-IL a class shared by two tasks would mix their features
+    task_disjoint_classes = True
     prefix = "ncm"
 
     def __init__(self, ncm_distance: Literal["euclidean", "cosine"] = "euclidean", ncm_normalize: bool = True,

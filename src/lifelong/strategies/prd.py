@@ -91,6 +91,8 @@ class PRD(Strategy):
     name = "prd"
     paper = "Asadi et al. 2023 (ICML), Prototype-Sample Relation Distillation: Towards Replay-Free Continual Learning"
     scenarios = ("class", "task")
+    # one prototype per class: in task-IL a class shared by two tasks would serve the later one only
+    task_disjoint_classes = True
 
     def __init__(self, prd_supcon_temperature: Annotated[float, Field(gt=0)] = 0.1,
                  prd_proto_weight: Annotated[float, Field(ge=0)] = 2.0,

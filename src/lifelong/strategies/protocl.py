@@ -38,7 +38,8 @@ Where we differ:
   function that updates it with the test labels);
 - memory: the library's class-balanced buffer (``mem_size`` shared with ER), one replayed
   sample per stream sample.
-In task-IL the prediction for a sample is restricted to its task's classes.
+In task-IL the prediction for a sample is restricted to its task's classes; a class may belong to
+several tasks (Permuted MNIST), and then its prototype is shared by them.
 """
 from __future__ import annotations
 
@@ -105,7 +106,9 @@ class ProtoCL(MemoryStrategy):
         self.proj_ = proj.to(self.device)
         self._reset_posterior(n)
         self.seen_ = torch.zeros(n, dtype=torch.bool, device=self.device)
-        self.class_task_ = torch.full((n,), -1, dtype=torch.long, device=self.device)
+        # (tasks seen, classes): which classes each task has. A class may belong to several tasks
+        # (Permuted MNIST: every permutation has the ten digits), so not one task per class
+        self.task_classes_ = torch.zeros(0, n, dtype=torch.bool, device=self.device)
         self._phi = None
         return self
 
@@ -125,9 +128,11 @@ class ProtoCL(MemoryStrategy):
     def scores(self, phi, task=None):
         out = predictive_log_prob(phi, self.q_, self.prec_, self.alpha_, self.protocl_sigma_eps)
         out = out.masked_fill(~self.seen_[None, :], float("-inf"))
-        if task is not None:
+        if task is not None:  # a task not seen yet has no classes: its row of the padding, all False
             task = torch.as_tensor(task, device=phi.device).expand(len(phi))
-            out = out.masked_fill(self.class_task_[None, :] != task[:, None], float("-inf"))
+            n_tasks = len(self.task_classes_)
+            rows = torch.cat([self.task_classes_, self.task_classes_.new_zeros(1, out.shape[1])])
+            out = out.masked_fill(~rows[torch.where((task >= 0) & (task < n_tasks), task, n_tasks)], float("-inf"))
         return out
 
     # -- hooks ----------------------------------------------------------------------------
@@ -135,7 +140,10 @@ class ProtoCL(MemoryStrategy):
         super().before_experience(exp)
         cls = torch.as_tensor(exp.classes, dtype=torch.long, device=self.device)
         self.seen_[cls] = True
-        self.class_task_[cls] = exp.task_id
+        missing = exp.task_id + 1 - len(self.task_classes_)
+        if missing > 0:
+            self.task_classes_ = torch.cat([self.task_classes_, self.task_classes_.new_zeros(missing, len(self.seen_))])
+        self.task_classes_[exp.task_id, cls] = True
 
     def augment(self, batch):
         if len(self.buffer_) == 0:
@@ -161,11 +169,17 @@ class ProtoCL(MemoryStrategy):
     # -- state ----------------------------------------------------------------------------
     def extra_state(self):
         return dict(super().extra_state(), proj=self.proj_.state_dict(), q=self.q_.clone(), prec=self.prec_.clone(),
-                    alpha=self.alpha_.clone(), seen=self.seen_.clone(), class_task=self.class_task_.clone())
+                    alpha=self.alpha_.clone(), seen=self.seen_.clone(), task_classes=self.task_classes_.clone())
 
     def load_extra_state(self, state):
         super().load_extra_state(state)
         dev = self.device
         self.proj_.load_state_dict(state["proj"])
         self.q_, self.prec_, self.alpha_ = (state[k].to(dev).clone() for k in ("q", "prec", "alpha"))
-        self.seen_, self.class_task_ = state["seen"].to(dev).clone(), state["class_task"].to(dev).clone()
+        self.seen_ = state["seen"].to(dev).clone()
+        if "task_classes" in state:
+            self.task_classes_ = state["task_classes"].to(dev).clone()
+        else:  # a checkpoint of lifelong before 2026-12-01: one task per class (-1: none yet)
+            owner = state["class_task"].to(dev)
+            n_tasks = int(owner.max()) + 1 if len(owner) else 0
+            self.task_classes_ = owner[None, :] == torch.arange(n_tasks, device=dev)[:, None]

@@ -64,7 +64,9 @@ Where we differ from the paper (to keep one method in one file on the shared loo
   (those go stale as the units learn); the k-NN masks use only units old enough to be frozen,
   as the paper's.
 - In task-IL the k-NN votes over every stored class and the loop restricts the scores to the
-  task's classes (the paper restricts the neighbours to the episode's classes).
+  task's classes (the paper restricts the neighbours to the episode's classes). A task-IL
+  stream whose tasks share classes (Permuted MNIST) is refused: the replay memory and the k-NN
+  store keep one entry per class, so the later task's would replace the earlier one's.
 - The stored activations are float32 (the paper quantises them to 8 bits).
 - The head stays dense (its outputs are activated class by class); batch norm is refused.
 - Hyper-parameters ``sharp_rewire_every=30`` (about once per experience of the online
@@ -91,6 +93,9 @@ class SHARP(Strategy):
     name = "sharp"
     paper = "Gurbuz, Moorman & Dovrolis 2023, SHARP: Sparsity and Hidden Activation RePlay for Neuro-Inspired Continual Learning"
     scenarios = ("class", "task", "domain")
+    # its replay memory and its k-NN store are keyed by class (a class that comes back replaces
+    # its stored activations): in task-IL a class shared by two tasks would keep the later one only
+    task_disjoint_classes = True
 
     def __init__(self, sharp_density: Annotated[float, Field(gt=0, le=1)] = 0.4,
                  sharp_rewire_every: Annotated[int, Field(ge=1)] = 30,

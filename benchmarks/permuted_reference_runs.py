@@ -14,10 +14,14 @@ reference's own MLP), and stops at a deadline:
   run costs (its wall time per permutation so far x 10: a projection, marked so);
 - ``summary.json`` holds every method's outcome (finished, stopped at the deadline, refused, failed).
 
-    PYTHONPATH=src python benchmarks/permuted_reference_runs.py --device cuda --jobs 12 \\
-        --deadline-s 520 --out runs/permuted-reference-gpu
+    PYTHONPATH=src python benchmarks/permuted_reference_runs.py --device cuda --jobs 3 \\
+        --deadline-s 520 --out-dir runs/permuted-reference-gpu
     PYTHONPATH=src python benchmarks/permuted_reference_runs.py --from-dir runs/permuted-reference-gpu \\
         --update-doc docs/bayesian.md
+
+On 2026-11-30 twelve runs shared one H200 (``--jobs 12``) and none finished in 530 s: time-slicing
+among twelve processes kept the GPU 99 % busy at about a CPU core's speed per run
+(``benchmarks/results/permuted-reference-gpu``). A lease of minutes should run a few at once.
 """
 from __future__ import annotations
 
@@ -159,6 +163,8 @@ def main(argv=None) -> int:
     ap.add_argument("--update-doc", type=Path, metavar="FILE",
                     help="replace the table between <!-- grid:reference-runs --> and <!-- /grid --> in FILE")
     a, log, dev = C.parse_common(ap, argv)
+    if a.out:
+        ap.error("--out does not apply here: the runs' files and summary.json go to --out-dir")
     if a.worker:
         return worker(a.worker, a.iterations, a.seed, a.device, a.out_dir)
     if a.update_doc:  # checked before any run

@@ -307,6 +307,7 @@ def test_permuted_reference_runs_records_finished_refused_and_stopped_runs(tmp_p
                        (["--deadline-s", "0", "--out-dir", str(out)], "--deadline-s > 0"),
                        (["--iterations", "5001", "--out-dir", str(out)], "--iterations in 1..5000"),
                        (["--methods", "hnet"], "--out-dir is required"),
+                       (["--out", str(tmp_path / "s.json")], "--out does not apply here"),
                        (["--from-dir", str(tmp_path / "none")], "no summary.json of this script there")):
         with pytest.raises(SystemExit):
             runs.main(argv)

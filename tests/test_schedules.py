@@ -294,3 +294,28 @@ def test_continual_pretraining_benchmark_runs(tmp_path):
     run = out["runs"]["infinite"][0]
     assert len(run["probe_matrix"]) == 4 and all(len(r) == 3 for r in run["probe_matrix"])
     assert set(out["summary"]) == {"cosine (repeated)", "infinite", "constant"}
+
+
+@pytest.mark.parametrize("strategy", [{"name": "gdumb", "mem_size": 1000}, {"name": "icarl"}, {"name": "joint"},
+                                      {"name": "vcl", "vcl_coreset_size": 20}])
+def test_a_schedule_planned_from_epochs_is_refused_for_a_method_with_its_own_training_set(strategy):
+    """The schedule is planned before the run from each experience's size (train.epochs); a
+    method that trains on a set of its own (GDumb's memory, iCaRL's exemplars, Joint's earlier
+    experiences, VCL's coreset held out) would run past its table (GDumb: an IndexError) or stop
+    short of it. Refused before training; with train.iterations the same run is honoured."""
+    from lifelong.runner import run
+
+    base = {"benchmark": {"name": "split-digits"}, "strategy": strategy, "eval": {"every": None}}
+    with pytest.raises(ConfigError, match=f"strategy '{strategy['name']}' trains on a set of its own size.*give "
+                                          "train.iterations"):
+        run({**base, "train": {"epochs": 2, "schedule": {"name": "cosine"}}})
+    res = run({**base, "train": {"iterations": 3, "schedule": {"name": "cosine"}}})
+    assert len(res["train_loss"]) == 5
+
+
+def test_a_schedule_from_epochs_stays_allowed_where_the_method_trains_on_the_experience():
+    from lifelong.runner import run
+
+    res = run({"benchmark": {"name": "split-digits"}, "strategy": {"name": "vcl"}, "eval": {"every": None},
+               "train": {"epochs": 1, "schedule": {"name": "cosine"}}})  # no coreset: the experience's own rows
+    assert len(res["train_loss"]) == 5

@@ -97,6 +97,7 @@ def run(config: RunConfig | dict, monitor=None, checkpointer=None, resume: dict 
                           f"not '{stream.scenario}'")
     check_eval_scenario(cfg, stream.scenario)
     check_task_disjoint(strategy, stream)
+    check_schedule_budgets(cfg.train, stream, strategy)
     torch.manual_seed(cfg.seed)
     m = cfg.model
     kwargs = {k: v for k, v in (("hidden", m.hidden), ("channels", m.channels)) if v is not None}
@@ -181,6 +182,23 @@ def check_task_disjoint(strategy, stream) -> None:
                 raise ConfigError(f"strategy '{strategy.name}' needs each class in one task in task-IL, but benchmark "
                                   f"'{stream.name}' has class {c} in tasks {owner[c]} and {e.task_id}: use a benchmark "
                                   f"whose tasks have their own classes (a split one), or benchmark.scenario: class")
+
+
+def check_schedule_budgets(tc, stream, strategy) -> None:
+    """``train.schedule`` is planned before the run, from each experience's budget; with
+    ``train.epochs`` that budget comes from the experience's training set, which a method that
+    trains on a set of its own (``Strategy.epochs_from_stream``) does not use: refused before
+    training (the schedule would run out, or stop short)."""
+    if tc.schedule is None or strategy.epochs_from_stream:
+        return
+    from .training import iteration_budget
+
+    from_epochs = [e.index for e in stream if iteration_budget(e, tc.iterations) is None]
+    if from_epochs:
+        raise ConfigError(f"train.schedule is planned from each experience's training set with train.epochs, but "
+                          f"strategy '{strategy.name}' trains on a set of its own size (see its docs): give "
+                          f"train.iterations (one number, or one per experience) with the schedule, or remove "
+                          f"train.schedule")
 
 
 def online_summary(online: list[list[int]]) -> tuple[float, list[float]]:

@@ -124,6 +124,12 @@ class Strategy:
     #: class's pseudo-features with that class's task): a stream whose tasks share classes
     #: (Permuted MNIST) is refused before training.
     task_disjoint_classes: ClassVar[bool] = False
+    #: False for a method whose training data (``train_data``) is not the experience's training
+    #: set as it is (GDumb's memory, iCaRL's exemplars added, Joint's earlier experiences, VCL's
+    #: coreset held out, FeTrIL's stored features): a learning-rate schedule planned before the
+    #: run from ``train.epochs`` and the experiences' sizes would not match its steps, so that
+    #: combination is refused (``runner.check_schedule_budgets``).
+    epochs_from_stream: ClassVar[bool] = True
 
     @property
     def gradient_free(self) -> bool:
@@ -306,6 +312,10 @@ class Compose(Strategy):
     @property
     def task_disjoint_classes(self) -> bool:
         return any(m.task_disjoint_classes for m in self.members)
+
+    @property
+    def epochs_from_stream(self) -> bool:
+        return all(m.epochs_from_stream for m in self.members)
 
     @property
     def compile_refusal(self) -> str | None:

@@ -57,6 +57,7 @@ class FeTrIL(FrozenFeatureStrategy):
     paper = "Petit et al. 2023 (WACV), FeTrIL: Feature Translation for Exemplar-Free Class-Incremental Learning"
     scenarios = ("class", "task")
     task_disjoint_classes = True  # a class's pseudo-features carry that class's one task (task-IL)
+    epochs_from_stream = False  # after the first experience its head trains on stored features
     prefix = "fetril"
     feeds_inputs = False  # its head trains on stored (and translated) features
 

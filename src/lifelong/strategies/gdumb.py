@@ -98,6 +98,7 @@ class GreedyClassBalancedBuffer(Buffer):
 
 class GDumb(Strategy):
     name = "gdumb"
+    epochs_from_stream = False  # trains on its memory, not on the experience
     paper = "Prabhu et al. 2020, GDumb: A Simple Approach that Questions Our Progress in CL (ECCV)"
     scenarios = ("class", "task", "domain")
 

@@ -46,6 +46,7 @@ def herding(features: torch.Tensor, m: int) -> torch.Tensor:
 
 class ICaRL(Strategy):
     name = "icarl"
+    epochs_from_stream = False  # the experience's samples and the exemplars
     paper = "Rebuffi et al. 2017, iCaRL: Incremental Classifier and Representation Learning"
     scenarios = ("class",)
 

@@ -13,6 +13,7 @@ from .base import Strategy
 
 class Joint(Strategy):
     name = "joint"
+    epochs_from_stream = False  # every experience so far
     paper = "upper bound (all data so far)"
 
     def __init__(self):

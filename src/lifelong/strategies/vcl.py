@@ -245,6 +245,10 @@ class VCL(Strategy):
         self.n_train_ = max(len(d), 1)
         return d
 
+    @property
+    def epochs_from_stream(self) -> bool:  # a coreset is held out of each experience's training set
+        return not self.vcl_coreset_size
+
     def stream_rows(self, exp, data):  # incoming samples all (the coreset's are held out of them)
         return torch.ones(len(data), dtype=torch.bool, device=data.y.device)
 

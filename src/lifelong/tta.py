@@ -27,9 +27,7 @@ adapt (Tent: no normalisation layers); it is called when the model is built, bef
 from __future__ import annotations
 
 import json
-import os
 import platform
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path

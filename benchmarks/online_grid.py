@@ -23,7 +23,11 @@ there is not run again. The table is read back from the runs' ``results.json``::
         --methods er,derpp --seeds 0-1
 
 With ``--data-dir FOLDER`` holding CIFAR-10 (its ``cifar-10-batches-py`` python version) the
-same command runs ``--benchmarks split-cifar10``.
+same command runs ``--benchmarks split-cifar10`` (the folder goes to the benchmarks read from a
+folder only; the shipped ones refuse it), with the preset's own model::
+
+    PYTHONPATH=src python benchmarks/online_grid.py --out runs/online-cifar10 --benchmarks split-cifar10 \\
+        --data-dir /path/to/folder
 """
 from __future__ import annotations
 
@@ -114,10 +118,18 @@ def run_one(out: Path, bench: str, mem: int | None, method: str, seed: int, data
     cmd += [a for k, v in own.items() for a in ("--set", f"strategy.{k}={v}")]
     if mem is not None:
         cmd += ["--set", f"strategy.mem_size={mem}"]
-    if data_dir:
+    if data_dir and takes_folder(bench):
         cmd += ["--data-dir", data_dir]
     print("+", " ".join(cmd), flush=True)
     return subprocess.call(cmd, stdout=subprocess.DEVNULL)
+
+
+def takes_folder(bench: str) -> bool:
+    """A benchmark whose data are read from a user-given folder (``benchmark.data_dir``): only such
+    runs get ``--data-dir`` (the shipped datasets refuse the key)."""
+    from lifelong.streams.presets import presets
+
+    return "data_dir" in presets()[bench].keys
 
 
 def label(method: str, sep: str = " ") -> str:
@@ -201,6 +213,9 @@ def main(argv=None) -> int:
     unknown = sorted(set(benchmarks) - set(presets()))
     if unknown:
         ap.error(f"unknown benchmarks: {', '.join(unknown)} (lifelong list benchmarks shows them)")
+    if args.data_dir and not any(takes_folder(b) for b in benchmarks):
+        ap.error(f"--data-dir applies to a benchmark read from a folder (e.g. split-cifar10), and none of "
+                 f"{', '.join(benchmarks)} is: add it to --benchmarks, or remove --data-dir")
     if args.update_doc:  # a doc that cannot take the table is refused before hours of runs
         grid_block(args.update_doc, "online")
     folders = [args.out] + [f for f in args.also if f.resolve() != args.out.resolve()]

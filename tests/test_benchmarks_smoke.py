@@ -178,6 +178,30 @@ def test_online_grid_runs_the_30_class_stream_in_class_il(tmp_path, monkeypatch)
     assert online_grid.key_of(run) == ("split-mnist", 200, "er")
 
 
+def test_online_grid_runs_split_cifar10_from_a_user_given_folder(tmp_path, capsys, monkeypatch):
+    # issue 14: the same command runs CIFAR-10 from a folder (tiny files the test writes); the folder
+    # goes to the benchmarks read from a folder only (a shipped one refuses benchmark.data_dir)
+    online_grid = pytest.importorskip("online_grid")
+    from test_data import _write_cifar10
+
+    _write_cifar10(tmp_path / "data" / "cifar-10-batches-py", n=20)
+    argv = ["--out", str(tmp_path / "o"), "--benchmarks", "split-cifar10", "--mems", "20", "--methods", "er",
+            "--seeds", "0", "--data-dir", str(tmp_path / "data")]
+    assert online_grid.main(argv) == 0
+    assert "| split-cifar10 | 20 | er | 1 |" in capsys.readouterr().out
+    res = json.loads((tmp_path / "o/split-cifar10/m20/er/seed-0/results.json").read_text())
+    assert res["status"] == "complete" and len(res["accuracy_matrix"]) == 5
+    assert res["config"]["online"]["batch_size"] == 10 and 0 <= res["online_accuracy"] <= 1
+    calls = []
+    monkeypatch.setattr(online_grid.subprocess, "call", lambda cmd, **kw: calls.append(cmd) or 0)
+    online_grid.run_one(tmp_path, "split-mnist", 20, "er", 0, str(tmp_path / "data"))
+    assert "--data-dir" not in calls[0]
+    with pytest.raises(SystemExit):  # a folder no benchmark of the grid reads: refused by name, nothing run
+        online_grid.main(argv[:2] + ["--benchmarks", "split-mnist"] + argv[4:])
+    assert "--data-dir applies to a benchmark read from a folder" in capsys.readouterr().err
+    assert len(calls) == 1
+
+
 def test_online_grid_judges_each_claim_on_paired_seeds():
     online_grid = pytest.importorskip("online_grid")
 

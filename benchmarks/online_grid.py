@@ -162,6 +162,27 @@ def table(found: dict, benchmarks: list[str], mems: list[int], methods: list[str
     return "\n".join(lines)
 
 
+def per_experience(found: dict, bench: str, mems: list[int], methods: list[str]) -> str:
+    """Where each method wins or loses on ``bench``: per experience, the accuracy right after it was
+    learnt (the matrix's diagonal) and at the end of the stream (its last row), mean over seeds."""
+    lines = []
+    for mem in [None] + mems:
+        for m in methods:
+            rs = list(found.get((bench, mem, m), {}).values())
+            if (mem is None) != (m in NO_MEMORY) or not rs:
+                continue
+            mats = [r["accuracy_matrix"] for r in rs]
+            if not lines:
+                n = len(mats[0])
+                lines = ["| memory | method | seeds | " + " | ".join(f"exp {i} learnt" for i in range(n)) + " | " +
+                         " | ".join(f"exp {i} final" for i in range(n)) + " |", "|---" * (3 + 2 * n) + "|"]
+            diag = [statistics.fmean(a[i][i] for a in mats) * 100 for i in range(len(mats[0]))]
+            last = [statistics.fmean(a[-1][i] for a in mats) * 100 for i in range(len(mats[0]))]
+            lines.append(f"| {'-' if mem is None else mem} | {label(m)} | {len(rs)} | " +
+                         " | ".join(f"{v:.1f}" for v in diag + last) + " |")
+    return "\n".join(lines)
+
+
 #: the papers' claims on final accuracy, "A > B", each judged per (benchmark, memory) cell; the paper is A's
 CLAIMS = [("onpro", "pcr"), ("pcr", "scr"), ("scr", "er"), ("hpcr", "pcr"), ("uer", "er"), ("er_ace", "er"),
           ("mir", "er"), ("der", "er"), ("derpp", "er"), ("gdumb", "er"), ("sharp", "er")]
@@ -196,6 +217,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="0-4")
     ap.add_argument("--data-dir", help="a folder with a dataset that does not ship (e.g. CIFAR-10)")
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--per-experience", metavar="BENCHMARK",
+                    help="print, for one of --benchmarks, each experience's accuracy right after it was learnt and "
+                         "at the end (no runs)")
     ap.add_argument("--update-doc", type=Path, metavar="FILE",
                     help="replace the table between <!-- grid:online --> and <!-- /grid --> in FILE")
     args = ap.parse_args(argv)
@@ -213,6 +237,12 @@ def main(argv=None) -> int:
     unknown = sorted(set(benchmarks) - set(presets()))
     if unknown:
         ap.error(f"unknown benchmarks: {', '.join(unknown)} (lifelong list benchmarks shows them)")
+    if args.per_experience:
+        if args.per_experience not in benchmarks:
+            ap.error(f"--per-experience {args.per_experience}: not one of --benchmarks ({', '.join(benchmarks)})")
+        folders = [args.out] + [f for f in args.also if f.resolve() != args.out.resolve()]
+        print(per_experience(collect(folders), args.per_experience, mems, methods))
+        return 0
     if args.data_dir and not any(takes_folder(b) for b in benchmarks):
         ap.error(f"--data-dir applies to a benchmark read from a folder (e.g. split-cifar10), and none of "
                  f"{', '.join(benchmarks)} is: add it to --benchmarks, or remove --data-dir")

@@ -119,6 +119,18 @@ def test_online_grid_runs_its_cells_reuses_them_and_tabulates(tmp_path, capsys, 
 
     monkeypatch.setattr(online_grid, "run_one", no_run)  # rerun: every finished run is reused
     assert online_grid.main(argv) == 0
+    capsys.readouterr()
+    # --per-experience: each experience's accuracy right after it was learnt and at the end, from the matrix
+    assert online_grid.main(argv + ["--per-experience", "split-digits"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| memory | method | seeds | exp 0 learnt |") and "exp 4 final" in lines[0]
+    er = next(line for line in lines if line.startswith("| 20 | er | 1 |")).strip("|").split("|")
+    mat = json.loads((tmp_path / "o/split-digits/m20/er/seed-0/results.json").read_text())["accuracy_matrix"]
+    assert [float(v) for v in er[3:]] == [round(100 * mat[i][i], 1) for i in range(5)] + \
+        [round(100 * v, 1) for v in mat[-1]]
+    with pytest.raises(SystemExit):
+        online_grid.main(argv + ["--per-experience", "split-mnist"])
+    assert "--per-experience split-mnist: not one of --benchmarks" in capsys.readouterr().err
     doc = tmp_path / "online.md"  # --update-doc: the table between the markers, the rest kept
     doc.write_text("intro\n<!-- grid:online -->\nold\n<!-- /grid -->\nafter\n")
     assert online_grid.main(argv + ["--table-only", "--update-doc", str(doc)]) == 0

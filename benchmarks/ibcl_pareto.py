@@ -64,12 +64,17 @@ def main(argv=None) -> dict:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--prefs", type=int, default=11, help="preference points a = 0 .. 1")
     ap.add_argument("--hdr-samples", type=int, default=10, help="models drawn from each preference's HDR")
+    ap.add_argument("--init-logvar", type=float, default=-4.5,
+                    help="IBCL's ibcl_init_logvar (default -4.5: the value of the documented runs, made before the "
+                         "library's default became -6)")
     ap.add_argument("--no-finetune", action="store_true")
     a, log, _ = parse_common(ap, argv)
+    if a.init_logvar > 0:
+        ap.error(f"--init-logvar is a log-variance at most 0 (the weights' initial sigma at most 1), got {a.init_logvar}")
     data = mnist() if a.dataset == "mnist" else digits()
     stream = split_stream(data, scenario="task", n_experiences=a.experiences, seed=a.seed)
 
-    ibcl = IBCL()
+    ibcl = IBCL(ibcl_init_logvar=a.init_logvar)
     res, train_s = _fit(ibcl, stream, a, a.seed)
     cost = ibcl.training_cost()
     log(f"IBCL trained in {train_s:.1f} s: {cost['models_trained']} models, {cost['batch_updates']} batch updates, "

@@ -237,18 +237,21 @@ def main(argv=None) -> int:
     unknown = sorted(set(benchmarks) - set(presets()))
     if unknown:
         ap.error(f"unknown benchmarks: {', '.join(unknown)} (lifelong list benchmarks shows them)")
+    folders = [args.out] + [f for f in args.also if f.resolve() != args.out.resolve()]
     if args.per_experience:
         if args.per_experience not in benchmarks:
             ap.error(f"--per-experience {args.per_experience}: not one of --benchmarks ({', '.join(benchmarks)})")
-        folders = [args.out] + [f for f in args.also if f.resolve() != args.out.resolve()]
-        print(per_experience(collect(folders), args.per_experience, mems, methods))
+        text = per_experience(collect(folders), args.per_experience, mems, methods)
+        if not text:
+            ap.error(f"--per-experience {args.per_experience}: no finished run of the grid's settings under "
+                     f"{', '.join(map(str, folders))}: run the grid first, or give the folder with --out/--also")
+        print(text)
         return 0
     if args.data_dir and not any(takes_folder(b) for b in benchmarks):
         ap.error(f"--data-dir applies to a benchmark read from a folder (e.g. split-cifar10), and none of "
                  f"{', '.join(benchmarks)} is: add it to --benchmarks, or remove --data-dir")
     if args.update_doc:  # a doc that cannot take the table is refused before hours of runs
         grid_block(args.update_doc, "online")
-    folders = [args.out] + [f for f in args.also if f.resolve() != args.out.resolve()]
     status = 0
     if not args.table_only:
         for mem in mems:  # the smallest memory first: every benchmark, then the next memory

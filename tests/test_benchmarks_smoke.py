@@ -131,6 +131,9 @@ def test_online_grid_runs_its_cells_reuses_them_and_tabulates(tmp_path, capsys, 
     with pytest.raises(SystemExit):
         online_grid.main(argv + ["--per-experience", "split-mnist"])
     assert "--per-experience split-mnist: not one of --benchmarks" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a folder with no run of the grid: said, not an empty table
+        online_grid.main(["--out", str(tmp_path / "empty")] + argv[2:] + ["--per-experience", "split-digits"])
+    assert "no finished run of the grid's settings" in capsys.readouterr().err
     doc = tmp_path / "online.md"  # --update-doc: the table between the markers, the rest kept
     doc.write_text("intro\n<!-- grid:online -->\nold\n<!-- /grid -->\nafter\n")
     assert online_grid.main(argv + ["--table-only", "--update-doc", str(doc)]) == 0

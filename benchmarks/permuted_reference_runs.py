@@ -19,6 +19,17 @@ reference's own MLP), and stops at a deadline:
     PYTHONPATH=src python benchmarks/permuted_reference_runs.py --from-dir runs/permuted-reference-gpu \\
         --update-doc docs/bayesian.md
 
+Full runs made with the command line instead (one folder per method, resumable, so a run on a
+CPU can span days; ``benchmarks/permuted_reference.yaml`` says how) are gathered the same way:
+``--collect`` reads each ``RUNS/METHOD/results.json`` (a run still going: its checkpoint's step),
+checks that the run is the reference setting, and writes the same ``METHOD.json`` and
+``summary.json``:
+
+    PYTHONPATH=src python benchmarks/permuted_reference_runs.py --collect runs/permuted-reference \
+        --out-dir benchmarks/results/permuted-reference-cpu
+    PYTHONPATH=src python benchmarks/permuted_reference_runs.py --from-dir benchmarks/results/permuted-reference-cpu \
+        --update-doc docs/bayesian.md --block reference-runs-cpu
+
 On 2026-11-30 twelve runs shared one H200 (``--jobs 12``) and none finished in 530 s: time-slicing
 among twelve processes kept the GPU 99 % busy at about a CPU core's speed per run
 (``benchmarks/results/permuted-reference-gpu``). A lease of minutes should run a few at once.
@@ -131,24 +142,88 @@ def drive(methods: list[str], iterations: int, jobs: int, deadline_s: float, see
     return result
 
 
+def reference_mismatch(cfg: dict) -> str | None:
+    """What makes a run's config other than the reference setting (``permuted_reference.yaml`` with a
+    method's grid settings), or None."""
+    ref = config_for(cfg.get("strategy", {}).get("name", "finetune"), FULL, cfg.get("seed", 0))
+    for key in ("benchmark", "model", "train"):
+        want, got = ref[key], cfg.get(key, {})
+        for k, v in want.items():
+            if got.get(k) != v and not (isinstance(v, list) and got.get(k) == tuple(v)):
+                return f"{key}.{k} is {got.get(k)!r}, the reference's is {v!r}"
+    for k, v in ref["strategy"].items():
+        if cfg["strategy"].get(k) != v:
+            return f"strategy.{k} is {cfg['strategy'].get(k)!r}, the grid's is {v!r}"
+    return None
+
+
+def collect(runs_dir: Path, methods: list[str], out: Path) -> list[dict]:
+    """Each method's full run made with the command line (``RUNS_DIR/METHOD``): a finished run's
+    results, a run still going with its steps so far, a folder that is not the reference setting
+    refused with the reason. Methods with no folder are left out; the rows of an earlier
+    ``out/summary.json`` for methods not gathered now are kept (runs made on other days, or on
+    another machine, whose folders are gone). Writes ``out/METHOD.json`` and ``out/summary.json``."""
+    import torch
+
+    rows = []
+    try:
+        earlier = json.loads((out / "summary.json").read_text())["runs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        earlier = []
+    for m in methods:
+        folder = runs_dir / m
+        if (folder / "results.json").is_file():
+            res = json.loads((folder / "results.json").read_text())
+            bad = reference_mismatch(res["config"])
+            if bad:
+                raise SystemExit(f"{folder}: not the reference run ({bad}); run it with "
+                                 f"benchmarks/permuted_reference.yaml and the grid's settings")
+            row = {"method": m, "iterations": FULL, **{k: res[k] for k in KEEP if k in res}}
+        elif (folder / ".partial" / "resume.pt").is_file():
+            bad = reference_mismatch(json.loads((folder / ".partial" / "run.json").read_text())["config"]) \
+                if (folder / ".partial" / "run.json").is_file() else None
+            if bad:
+                raise SystemExit(f"{folder}: not the reference run ({bad})")
+            step = torch.load(folder / ".partial" / "resume.pt", map_location="cpu", weights_only=False)["step"]
+            row = {"method": m, "in_progress": True, "steps_done": int(step), "permutations_done": int(step) // FULL}
+        else:
+            continue
+        C.write_json(out / f"{m}.json", row)
+        rows.append(row)
+    got = {r["method"] for r in rows}
+    rows += [r for r in earlier if r.get("method") not in got]
+    rows.sort(key=lambda r: METHODS.index(r["method"]) if r["method"] in METHODS else len(METHODS))
+    C.write_json(out / "summary.json", {"benchmark": "permuted_reference_runs", "source": "command-line runs",
+                                        "runs": rows})
+    return rows
+
+
 def table(rows: list[dict]) -> str:
     out = []
     for r in rows:
         if "refused" in r:
-            out.append([r["method"], "refused", "", "", "", "", ""])
+            out.append([r["method"], "refused", "", "", "", "", "", ""])
         elif "average_accuracy" in r:
+            m = r.get("accuracy_matrix")
+            diag = [m[i][i] for i in range(len(m))] if m else r.get("diagonal_range", [])
             out.append([r["method"], "10/10", f"{r['wall_time_s'] / 10:.0f}", f"{r['wall_time_s']:.0f}",
                         f"{100 * r['average_accuracy']:.2f}",
                         f"{100 * r['bwt']:.2f}" if r.get("bwt") is not None else "",
+                        f"{100 * min(diag):.1f} to {100 * max(diag):.1f}" if diag else "",
                         f"{r['parameters'].get('trainable', r['parameters'].get('total')):,}"])
+        elif r.get("in_progress"):
+            out.append([r["method"], f"{r['permutations_done']}/10 (running: step {r['steps_done']})",
+                        "", "", "", "", "", ""])
         elif r.get("permutations_done"):
             state = "failed" if r.get("failed") else "stopped"
             out.append([r["method"], f"{r['permutations_done']}/10 ({state})",
-                        f"{r['projected_wall_s'] / 10:.0f}", f"~{r['projected_wall_s']:.0f} (projected)", "", "", ""])
+                        f"{r['projected_wall_s'] / 10:.0f}", f"~{r['projected_wall_s']:.0f} (projected)", "", "", "", ""])
         else:
-            out.append([r["method"], "0/10 (failed)" if r.get("failed") else "0/10 (stopped)", "", "", "", "", ""])
+            out.append([r["method"], "0/10 (failed)" if r.get("failed") else "0/10 (stopped)", "", "", "", "", "",
+                        ""])
     return C.markdown_table(["method", "permutations", "wall s per permutation", "wall s per run",
-                             "average accuracy (%)", "BWT (points)", "parameters"], out)
+                             "average accuracy (%)", "BWT (points)", "each permutation right after learning it (%)",
+                             "parameters"], out)
 
 
 def main(argv=None) -> int:
@@ -160,16 +235,27 @@ def main(argv=None) -> int:
     ap.add_argument("--out-dir", type=Path, help="a folder for the runs' files and summary.json")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--from-dir", type=Path, metavar="DIR", help="no runs: the table of an earlier --out-dir")
+    ap.add_argument("--collect", type=Path, metavar="RUNS",
+                    help="no runs: gather the command-line runs RUNS/METHOD into --out-dir")
     ap.add_argument("--update-doc", type=Path, metavar="FILE",
-                    help="replace the table between <!-- grid:reference-runs --> and <!-- /grid --> in FILE")
+                    help="replace the table between <!-- grid:BLOCK --> and <!-- /grid --> in FILE")
+    ap.add_argument("--block", default="reference-runs", help="the doc's block to replace (default %(default)s)")
     a, log, dev = C.parse_common(ap, argv)
     if a.out:
         ap.error("--out does not apply here: the runs' files and summary.json go to --out-dir")
     if a.worker:
         return worker(a.worker, a.iterations, a.seed, a.device, a.out_dir)
     if a.update_doc:  # checked before any run
-        grid_block(a.update_doc, "reference-runs")
-    if a.from_dir:
+        grid_block(a.update_doc, a.block)
+    if a.from_dir and a.collect:
+        ap.error("--from-dir and --collect are two sources: give one")
+    if a.collect:
+        if a.out_dir is None:
+            ap.error("--collect needs --out-dir, where the gathered results go")
+        if not a.collect.is_dir():
+            ap.error(f"--collect {a.collect}: no such folder (the runs' parent folder, e.g. runs/permuted-reference)")
+        rows = collect(a.collect, a.methods.split(","), a.out_dir)
+    elif a.from_dir:
         try:
             rows = json.loads((a.from_dir / "summary.json").read_text())["runs"]
         except (OSError, ValueError, KeyError, TypeError) as e:
@@ -188,7 +274,7 @@ def main(argv=None) -> int:
     text = table(rows)
     print(text)
     if a.update_doc:
-        update_doc(a.update_doc, "reference-runs", text)
+        update_doc(a.update_doc, a.block, text)
     return 0
 
 

@@ -326,7 +326,7 @@ def test_permuted_reference_runs_records_finished_refused_and_stopped_runs(tmp_p
     done = {"method": "si", "wall_time_s": 960.0, "average_accuracy": 0.9712, "bwt": -0.0101,
             "parameters": {"total": 2126100}}
     text = runs.table([done, stopped, failed, {"method": "seqbayes", "refused": "too many parameters"}])
-    assert "| si | 10/10 | 96 | 960 | 97.12 | -1.01 | 2,126,100 |" in text
+    assert "| si | 10/10 | 96 | 960 | 97.12 | -1.01 |  | 2,126,100 |" in text
     assert "| hnet | 2/10 (stopped) | 155 | ~1550 (projected) |" in text
     assert "| vcl | 0/10 (failed) |" in text and "| seqbayes | refused |" in text
     # real runs, each in its own process: a refused method, and one stopped at a 1 s deadline
@@ -351,3 +351,58 @@ def test_permuted_reference_runs_records_finished_refused_and_stopped_runs(tmp_p
         with pytest.raises(SystemExit):
             runs.main(argv)
         assert said in capsys.readouterr().err
+
+
+def test_permuted_reference_runs_collects_command_line_runs_and_refuses_other_settings(tmp_path, capsys):
+    import torch
+
+    runs = pytest.importorskip("permuted_reference_runs")
+    base = tmp_path / "runs"
+    # a finished run: the reference config (as the run wrote it, every default filled in)
+    (base / "er").mkdir(parents=True)
+    cfg = runs.config_for("er", 5000, 0)
+    cfg["train"]["momentum"], cfg["strategy"]["er_memory"] = 0.0, 200  # defaults a results file spells out
+    matrix = [[0.98 if j <= i else 0.1 for j in range(10)] for i in range(10)]
+    matrix[9][9] = 0.95
+    (base / "er" / "results.json").write_text(json.dumps(
+        {"config": cfg, "average_accuracy": 0.9542, "bwt": -0.0286, "accuracy_matrix": matrix,
+         "parameters": {"total": 2126100}, "wall_time_s": 1937.0, "seed": 0}))
+    # a run still going: its checkpoint's step; binary_field with the grid's own learning rate
+    (base / "binary_field" / ".partial").mkdir(parents=True)
+    (base / "binary_field" / ".partial" / "run.json").write_text(
+        json.dumps({"config": runs.config_for("binary_field", 5000, 0)}))
+    torch.save({"step": 12345}, base / "binary_field" / ".partial" / "resume.pt")
+    out = tmp_path / "cpu"
+    out.mkdir()  # a row gathered earlier, whose folder is gone: kept, in the methods' order
+    (out / "summary.json").write_text(json.dumps({"runs": [
+        {"method": "si", "average_accuracy": 0.9477, "bwt": -0.0127, "wall_time_s": 1904.0,
+         "diagonal_range": [0.944, 0.979], "parameters": {"total": 2126100}}]}))
+    doc = tmp_path / "d.md"
+    doc.write_text("a\n<!-- grid:reference-runs-cpu -->\n<!-- /grid -->\nb\n")
+    assert runs.main(["--collect", str(base), "--out-dir", str(out), "--update-doc", str(doc),
+                      "--block", "reference-runs-cpu", "--methods", "er,binary_field,hnet"]) == 0
+    text = doc.read_text()
+    assert "| er | 10/10 | 194 | 1937 | 95.42 | -2.86 | 95.0 to 98.0 | 2,126,100 |" in text
+    assert "| binary_field | 2/10 (running: step 12345) |" in text and "hnet" not in text  # no folder: left out
+    assert text.index("| si | 10/10 | 190 | 1904 | 94.77 | -1.27 | 94.4 to 97.9 |") < text.index("| er |")
+    assert [r["method"] for r in json.loads((out / "summary.json").read_text())["runs"]] == ["si", "er", "binary_field"]
+    assert runs.main(["--from-dir", str(out)]) == 0 and "| er | 10/10 |" in capsys.readouterr().out
+    # a run of another setting is refused, naming the difference
+    (base / "vcl" / ".partial").mkdir(parents=True)
+    short = runs.config_for("vcl", 300, 0)
+    (base / "vcl" / ".partial" / "run.json").write_text(json.dumps({"config": short}))
+    torch.save({"step": 1}, base / "vcl" / ".partial" / "resume.pt")
+    with pytest.raises(SystemExit, match="train.iterations is 300, the reference's is 5000"):
+        runs.main(["--collect", str(base), "--out-dir", str(out), "--methods", "vcl"])
+    bf = runs.config_for("binary_field", 5000, 0)
+    bf["train"]["lr"] = 1e-4  # the reference's learning rate, not the grid's for binary fields
+    (base / "binary_field" / ".partial" / "run.json").write_text(json.dumps({"config": bf}))
+    with pytest.raises(SystemExit, match="train.lr is 0.0001"):
+        runs.main(["--collect", str(base), "--out-dir", str(out), "--methods", "binary_field"])
+    for argv, said in ((["--collect", str(base)], "--collect needs --out-dir"),
+                       (["--collect", str(tmp_path / "none"), "--out-dir", str(out)], "no such folder"),
+                       (["--collect", str(base), "--from-dir", str(out), "--out-dir", str(out)], "two sources"),
+                       (["--from-dir", str(out), "--update-doc", str(doc), "--block", "nope"], "grid:nope")):
+        with pytest.raises(SystemExit) as exc:
+            runs.main(argv)
+        assert said in capsys.readouterr().err + str(exc.value.code)

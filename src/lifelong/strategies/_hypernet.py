@@ -72,6 +72,7 @@ class HypernetStrategy(Strategy):
         self.tasks_: list[int] = []
         self.current_: int | None = None
         self._cache: dict[int, torch.Tensor] = {}  # task -> generated weights, for evaluation between steps
+        self._stacked = None  # (earlier tasks, their targets, their importances) stacked for the regulariser
         return self
 
     def parameter_count(self) -> dict:
@@ -168,11 +169,23 @@ class HypernetStrategy(Strategy):
         if not prev:
             return 0.0
         emb = torch.stack([self.task_emb_[str(t)].detach() for t in prev])
-        diff = self.hnet_(emb) - torch.stack([self.targets_[t] for t in prev])
-        sq = diff.pow(2)
-        if self.importance_:
-            sq = sq * torch.stack([self.importance_[t] for t in prev])
-        return sq.sum() / len(prev)
+        if self._stacked is None or self._stacked[0] != prev:  # stacked once per task, not per step
+            self._stacked = (prev, torch.stack([self.targets_[t] for t in prev]),
+                             torch.stack([self.importance_[t] for t in prev]) if self.importance_ else None)
+        _, targets, importance = self._stacked
+        if importance is not None:
+            return ((self.hnet_(emb) - targets).pow(2) * importance).sum() / len(prev)
+        parts = getattr(self.hnet_, "parts", None)
+        if parts is None:
+            return F.mse_loss(self.hnet_(emb), targets, reduction="sum") / len(prev)
+        # a chunked hypernetwork: its full chunks and its last, partial one, compared apart (the
+        # flat output would be a slice of the padded chunks, and its backward a padded copy)
+        full, rest = parts(emb)
+        n = full.shape[1]
+        reg = F.mse_loss(full, targets[:, :n], reduction="sum")
+        if rest is not None:
+            reg = reg + F.mse_loss(rest, targets[:, n:], reduction="sum")
+        return reg / len(prev)
 
     def penalty(self, logits, batch):
         beta = self._beta()
@@ -184,6 +197,7 @@ class HypernetStrategy(Strategy):
     @torch.no_grad()
     def store_targets(self) -> None:
         """h*(e_t) for every task learned so far, from the hypernetwork as it is now."""
+        self._stacked = None
         if self.tasks_:
             w = self.generate(self.tasks_)
             self.targets_ = {t: w[i].detach().clone() for i, t in enumerate(self.tasks_)}
@@ -232,7 +246,7 @@ class HypernetStrategy(Strategy):
                 "tasks": list(self.tasks_), "current": self.current_}
 
     def load_extra_state(self, state):
-        self._cache = {}
+        self._cache, self._stacked = {}, None
         if state["hnet_config"] != self._hnet_config():
             self._rebuild(state["hnet_config"])
         with torch.no_grad():  # in place: an optimizer built over these parameters keeps them

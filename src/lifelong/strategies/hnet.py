@@ -74,12 +74,23 @@ class ChunkedMLP(nn.Module):
 
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
         """(k, emb_dim) embeddings -> (k, n_out) target weights."""
+        full, rest = self.parts(emb)
+        return full if rest is None else torch.cat([full, rest], dim=1)
+
+    def parts(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The target weights in two pieces: the full chunks (k, chunk * full chunks) and the last
+        chunk's weights (k, n_out mod chunk), or None where the chunks divide n_out; the last chunk's
+        output units past n_out are never computed."""
         k = len(emb)
         h = torch.cat([emb[:, None].expand(k, self.n_chunks, emb.shape[1]),
                        self.chunk_emb[None].expand(k, -1, -1)], dim=2)
         for layer in self.layers:
             h = self.act(layer(h))
-        return self.out(h).reshape(k, -1)[:, :self.n_out]
+        n_full, rem = divmod(self.n_out, self.chunk)
+        full = self.out(h[:, :n_full]).reshape(k, -1)
+        if not rem:
+            return full, None
+        return full, nn.functional.linear(h[:, n_full], self.out.weight[:rem], self.out.bias[:rem])
 
 
 class HNET(HypernetStrategy):

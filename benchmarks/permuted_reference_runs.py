@@ -149,7 +149,7 @@ def reference_mismatch(cfg: dict) -> str | None:
     for key in ("benchmark", "model", "train"):
         want, got = ref[key], cfg.get(key, {})
         for k, v in want.items():
-            if got.get(k) != v and not (isinstance(v, list) and got.get(k) == tuple(v)):
+            if got.get(k) != v:
                 return f"{key}.{k} is {got.get(k)!r}, the reference's is {v!r}"
     for k, v in ref["strategy"].items():
         if cfg["strategy"].get(k) != v:
@@ -247,6 +247,10 @@ def main(argv=None) -> int:
         return worker(a.worker, a.iterations, a.seed, a.device, a.out_dir)
     if a.update_doc:  # checked before any run
         grid_block(a.update_doc, a.block)
+    methods = a.methods.split(",")
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        ap.error(f"methods outside issue 16's list: {', '.join(unknown)} (the list: {', '.join(METHODS)})")
     if a.from_dir and a.collect:
         ap.error("--from-dir and --collect are two sources: give one")
     if a.collect:
@@ -254,17 +258,13 @@ def main(argv=None) -> int:
             ap.error("--collect needs --out-dir, where the gathered results go")
         if not a.collect.is_dir():
             ap.error(f"--collect {a.collect}: no such folder (the runs' parent folder, e.g. runs/permuted-reference)")
-        rows = collect(a.collect, a.methods.split(","), a.out_dir)
+        rows = collect(a.collect, methods, a.out_dir)
     elif a.from_dir:
         try:
             rows = json.loads((a.from_dir / "summary.json").read_text())["runs"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             ap.error(f"--from-dir {a.from_dir}: no summary.json of this script there ({e})")
     else:
-        methods = a.methods.split(",")
-        unknown = sorted(set(methods) - set(METHODS))
-        if unknown:
-            ap.error(f"methods outside issue 16's list: {', '.join(unknown)} (the list: {', '.join(METHODS)})")
         if a.jobs < 1 or not a.deadline_s > 0 or not 1 <= a.iterations <= FULL:
             ap.error(f"--jobs must be >= 1, --deadline-s > 0 and --iterations in 1..{FULL}, "
                      f"got {a.jobs}, {a.deadline_s} and {a.iterations}")

@@ -400,6 +400,7 @@ def test_permuted_reference_runs_collects_command_line_runs_and_refuses_other_se
     with pytest.raises(SystemExit, match="train.lr is 0.0001"):
         runs.main(["--collect", str(base), "--out-dir", str(out), "--methods", "binary_field"])
     for argv, said in ((["--collect", str(base)], "--collect needs --out-dir"),
+                       (["--collect", str(base), "--out-dir", str(out), "--methods", "lwf"], "outside issue 16's list: lwf"),
                        (["--collect", str(tmp_path / "none"), "--out-dir", str(out)], "no such folder"),
                        (["--collect", str(base), "--from-dir", str(out), "--out-dir", str(out)], "two sources"),
                        (["--from-dir", str(out), "--update-doc", str(doc), "--block", "nope"], "grid:nope")):

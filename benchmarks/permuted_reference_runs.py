@@ -180,8 +180,10 @@ def collect(runs_dir: Path, methods: list[str], out: Path) -> list[dict]:
                                  f"benchmarks/permuted_reference.yaml and the grid's settings")
             row = {"method": m, "iterations": FULL, **{k: res[k] for k in KEEP if k in res}}
         elif (folder / ".partial" / "resume.pt").is_file():
-            bad = reference_mismatch(json.loads((folder / ".partial" / "run.json").read_text())["config"]) \
-                if (folder / ".partial" / "run.json").is_file() else None
+            if not (folder / ".partial" / "run.json").is_file():
+                raise SystemExit(f"{folder}: a checkpoint with no .partial/run.json, so its config cannot be "
+                                 f"checked; rerun the method's command into a new --out folder")
+            bad = reference_mismatch(json.loads((folder / ".partial" / "run.json").read_text())["config"])
             if bad:
                 raise SystemExit(f"{folder}: not the reference run ({bad})")
             step = torch.load(folder / ".partial" / "resume.pt", map_location="cpu", weights_only=False)["step"]

@@ -399,6 +399,9 @@ def test_permuted_reference_runs_collects_command_line_runs_and_refuses_other_se
     (base / "binary_field" / ".partial" / "run.json").write_text(json.dumps({"config": bf}))
     with pytest.raises(SystemExit, match="train.lr is 0.0001"):
         runs.main(["--collect", str(base), "--out-dir", str(out), "--methods", "binary_field"])
+    (base / "binary_field" / ".partial" / "run.json").unlink()  # a checkpoint whose config cannot be checked
+    with pytest.raises(SystemExit, match="no .partial/run.json"):
+        runs.main(["--collect", str(base), "--out-dir", str(out), "--methods", "binary_field"])
     for argv, said in ((["--collect", str(base)], "--collect needs --out-dir"),
                        (["--collect", str(base), "--out-dir", str(out), "--methods", "lwf"], "outside issue 16's list: lwf"),
                        (["--collect", str(tmp_path / "none"), "--out-dir", str(out)], "no such folder"),

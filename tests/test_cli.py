@@ -78,3 +78,35 @@ def test_config_strategy_parameters_apply_to_the_listed_strategies_that_take_the
     code, _, err = _run(["run", "--config", str(cfg), "--strategy", "finetune,joint", "--out",
                          str(tmp_path / "t")], capsys)
     assert code == 2 and "mem_sise" in err
+
+
+@pytest.mark.parametrize("extra, needle", [
+    # a schedule planned from the experiences' sizes (epochs), with a method training on a set of its own
+    (["--strategy", "finetune,joint", "--set", "train.iterations=null", "--epochs", "1",
+      "--set", "train.schedule={name: cosine}"], "strategy 'joint' trains on a set of its own size"),
+    # a budget per experience that does not fit the stream (only the stream knows its length)
+    (["--strategy", "finetune,er", "--set", "train.iterations=[5,5,5]"], "3 budgets given for a stream of 5"),
+])
+def test_a_sweep_is_refused_before_its_first_run_when_a_later_run_would_be(extra, needle, tmp_path, capsys):
+    """A check that needs the stream used to run only when that run started: the sweep's earlier
+    runs trained first and the refusal ended up as a failed run. Now every run is checked first."""
+    argv = ["run", "--benchmark", "split-digits", "--set", "model.hidden=[16]", "--quiet"]
+    code, out, err = _run(argv + extra + ["--out", str(tmp_path / "s")], capsys)
+    assert code == 2 and needle in " ".join(err.split()) and "Traceback" not in out + err
+    assert not (tmp_path / "s").exists()  # nothing trained, no folder made
+
+
+def test_preflight_refuses_a_method_needing_each_class_in_one_task_in_a_sweep_whose_tasks_share_them():
+    """Permuted MNIST in task-IL: every task has the ten digits, so NCM (class means keyed by class)
+    is refused for every seed before any run trains; the stream is built once per seed."""
+    from lifelong.config import parse_config
+    from lifelong.errors import ConfigError
+    from lifelong.runner import preflight
+
+    base = {"benchmark": {"name": "permuted-mnist", "scenario": "task", "n_experiences": 2},
+            "train": {"iterations": 5}}
+    preflight([parse_config({**base, "strategy": {"name": "finetune"}})])  # nothing to check against the stream
+    with pytest.raises(ConfigError, match="strategy 'ncm' needs each class in one task in task-IL, but benchmark "
+                                          "'.*' has class 0 in tasks 0 and 1"):
+        preflight([parse_config({**base, "strategy": {"name": "finetune"}}),
+                   parse_config({**base, "strategy": {"name": "ncm"}, "seed": 1})])

@@ -78,26 +78,10 @@ def run(config: RunConfig | dict, monitor=None, checkpointer=None, resume: dict 
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     strategy = build_strategy(cfg)  # before any data loads: a bad composition is refused at once
-    task_free = bool(cfg.online and cfg.online.task_free)
-    if task_free and not strategy.supports_task_free:
-        raise ConfigError(f"strategy '{strategy.name}' needs experience boundaries (it acts in before_experience, "
-                          f"train_data or after_experience), so it cannot run with online.task_free: true")
-    check_compile(cfg, strategy.name, strategy.compile_refusal)
-    check_passes(cfg, strategy.name, strategy.train_passes())
-    stream = build_benchmark(cfg.benchmark, cfg.seed)
-    selection = bool(cfg.eval.selection)
-    if selection:  # model selection: the test splits leave the run before anything trains
-        stream = stream.without_test()
-    check_iterations(cfg.train.iterations, len(stream))
-    if task_free and stream.scenario == "task":
-        raise ConfigError("online.task_free applies to class- and domain-incremental streams; task-IL gives every "
-                          "sample its task, so set benchmark.scenario to class or domain")
-    if stream.scenario not in strategy.scenarios:
-        raise ConfigError(f"strategy '{strategy.name}' supports scenarios {list(strategy.scenarios)}, "
-                          f"not '{stream.scenario}'")
-    check_eval_scenario(cfg, stream.scenario)
-    check_task_disjoint(strategy, stream)
-    check_schedule_budgets(cfg.train, stream, strategy)
+    check_strategy(cfg, strategy)
+    stream = run_stream(cfg)
+    check_stream(cfg, strategy, stream)
+    task_free, selection = bool(cfg.online and cfg.online.task_free), bool(cfg.eval.selection)
     torch.manual_seed(cfg.seed)
     m = cfg.model
     kwargs = {k: v for k, v in (("hidden", m.hidden), ("channels", m.channels)) if v is not None}
@@ -168,6 +152,59 @@ def run(config: RunConfig | dict, monitor=None, checkpointer=None, resume: dict 
     out["_state"] = {"model": model.state_dict(), "strategy": strategy.extra_state()}
     out["_curve"] = result.curve
     return out
+
+
+def check_strategy(cfg: RunConfig, strategy) -> None:
+    """What the built strategy refuses of the config, before any data loads."""
+    if cfg.online and cfg.online.task_free and not strategy.supports_task_free:
+        raise ConfigError(f"strategy '{strategy.name}' needs experience boundaries (it acts in before_experience, "
+                          f"train_data or after_experience), so it cannot run with online.task_free: true")
+    check_compile(cfg, strategy.name, strategy.compile_refusal)
+    check_passes(cfg, strategy.name, strategy.train_passes())
+
+
+def run_stream(cfg: RunConfig):
+    """The stream a run trains on: the benchmark for the run's seed, without its test splits in
+    model selection (``eval.selection``: they leave the run before anything trains)."""
+    stream = build_benchmark(cfg.benchmark, cfg.seed)
+    return stream.without_test() if cfg.eval.selection else stream
+
+
+def check_stream(cfg: RunConfig, strategy, stream) -> None:
+    """What can only be checked against the stream: budgets per experience, the scenario the
+    strategy and the options need, classes shared by tasks, a schedule's sizes."""
+    check_iterations(cfg.train.iterations, len(stream))
+    if cfg.online and cfg.online.task_free and stream.scenario == "task":
+        raise ConfigError("online.task_free applies to class- and domain-incremental streams; task-IL gives every "
+                          "sample its task, so set benchmark.scenario to class or domain")
+    if stream.scenario not in strategy.scenarios:
+        raise ConfigError(f"strategy '{strategy.name}' supports scenarios {list(strategy.scenarios)}, "
+                          f"not '{stream.scenario}'")
+    check_eval_scenario(cfg, stream.scenario)
+    check_task_disjoint(strategy, stream)
+    check_schedule_budgets(cfg.train, stream, strategy)
+
+
+def preflight(configs: list[RunConfig]) -> None:
+    """Every check a run makes before training, for every run of a sweep, before the first starts:
+    a run that would be refused after the others had trained is refused now. The stream is built
+    only where a check needs it (budgets per experience, online.task_free, a method that needs each
+    class in one task, a schedule with a method that sizes its own training set), once per
+    benchmark and seed."""
+    by_stream: dict[tuple, list] = {}
+    for cfg in configs:
+        strategy = build_strategy(cfg)
+        check_strategy(cfg, strategy)
+        tc = cfg.train
+        if (isinstance(tc.iterations, list) or (cfg.online and cfg.online.task_free) or strategy.task_disjoint_classes
+                or (tc.schedule is not None and not strategy.epochs_from_stream)):
+            key = (cfg.benchmark.model_dump_json(), cfg.seed, bool(cfg.eval.selection))
+            by_stream.setdefault(key, []).append((cfg, strategy))
+    for runs in by_stream.values():  # one stream in memory at a time
+        stream = run_stream(runs[0][0])
+        for cfg, strategy in runs:
+            check_stream(cfg, strategy, stream)
+        del stream
 
 
 def check_task_disjoint(strategy, stream) -> None:

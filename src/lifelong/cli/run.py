@@ -64,7 +64,8 @@ def run_cmd(config_file, benchmark, scenario, strategy, seed, seeds, iterations,
                        ("device", device)), overrides)
     strategies = [s.strip() for s in strategy.split(",")] if strategy else None
     # every run is validated (keys, ranges, benchmark keys, scenario support) before the first starts
-    configs = [c.to_dict() for c in expand(data, strategies, parse_seeds(seeds) if seeds else None)]
+    checked = expand(data, strategies, parse_seeds(seeds) if seeds else None)
+    configs = [c.to_dict() for c in checked]
     base = Path(out_dir) if out_dir else default_out(configs[0], len(configs) > 1)
     if len(configs) == 1:  # a new folder starts, this run's unfinished folder resumes, its finished one is shown
         cfg = configs[0]
@@ -75,6 +76,9 @@ def run_cmd(config_file, benchmark, scenario, strategy, seed, seeds, iterations,
         console.print(f"run folder: {base}")
         return
     from ..grid import GridRun, open_grid
+    from ..runner import preflight
+
+    preflight(checked)  # what a run checks against its stream too, for every run, before the first starts
 
     runs = [GridRun(c, p, f"{c['strategy']['name']} seed {c['seed']}") for c, p in zip(configs, run_paths(base, configs))]
     getattr(executor, "connect", lambda: None)()  # Ray starts (or a bad address is refused) before any folder

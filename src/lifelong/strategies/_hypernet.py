@@ -199,7 +199,11 @@ class HypernetStrategy(Strategy):
         """h*(e_t) for every task learned so far, from the hypernetwork as it is now."""
         self._stacked = None
         if self.tasks_:
-            w = self.generate(self.tasks_)
+            # generated with autograd on, as the regulariser generates them: some kernels differ
+            # without it (torch's CPU LSTM takes oneDNN's), and a target a few ulps off its own
+            # output would make the regulariser nonzero right after a task
+            with torch.enable_grad():
+                w = self.generate(self.tasks_).detach()
             self.targets_ = {t: w[i].detach().clone() for i, t in enumerate(self.tasks_)}
 
     def after_experience(self, exp):

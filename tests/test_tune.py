@@ -114,6 +114,16 @@ def test_a_space_key_the_config_refuses_stops_before_any_trial(tmp_path, capsys)
     assert not (tmp_path / "o").exists()  # nothing was made
 
 
+def test_a_config_its_stream_refuses_stops_before_any_trial(tmp_path, capsys):
+    """Three budgets for split digits' five experiences: only the stream knows its length. Every
+    trial would be refused when it started (and the study would record failures); the study is
+    refused before it starts."""
+    spec = write_spec(tmp_path, base={**BASE, "train": {"iterations": [5, 5, 5]}})
+    code, _, err = run_cli(["tune", "--spec", str(spec), "--strategy", "er", "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "3 budgets given for a stream of 5" in " ".join(err.split()) and "Traceback" not in err
+    assert not (tmp_path / "o").exists()  # nothing was made
+
+
 def test_tune_on_test_needs_its_flag(tmp_path, capsys):
     spec = write_spec(tmp_path, protocol={"name": "test", "seeds": [0]})
     code, _, err = run_cli(["tune", "--spec", str(spec), "--strategy", "er", "--out", str(tmp_path / "o")], capsys)

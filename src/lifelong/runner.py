@@ -172,7 +172,10 @@ def run_stream(cfg: RunConfig):
 
 def check_stream(cfg: RunConfig, strategy, stream) -> None:
     """What can only be checked against the stream: budgets per experience, the scenario the
-    strategy and the options need, classes shared by tasks, a schedule's sizes."""
+    strategy and the options need, classes shared by tasks, a schedule's sizes. Of these, only the
+    ones ``stream_can_refuse`` names can refuse a run that ``config.check_runnable`` and
+    ``check_strategy`` accepted (they check the scenarios from the config): a check added here is
+    added there."""
     check_iterations(cfg.train.iterations, len(stream))
     if cfg.online and cfg.online.task_free and stream.scenario == "task":
         raise ConfigError("online.task_free applies to class- and domain-incremental streams; task-IL gives every "
@@ -185,19 +188,25 @@ def check_stream(cfg: RunConfig, strategy, stream) -> None:
     check_schedule_budgets(cfg.train, stream, strategy)
 
 
+def stream_can_refuse(cfg: RunConfig, strategy) -> bool:
+    """Whether ``check_stream`` can refuse a run the config checks accepted: a budget
+    per experience (the stream's length), online.task_free (a task-IL stream), a method that needs
+    each class in one task (the tasks' classes), a schedule with a method that does not size its
+    training set from the stream (the experiences' sizes)."""
+    tc = cfg.train
+    return (isinstance(tc.iterations, list) or bool(cfg.online and cfg.online.task_free)
+            or strategy.task_disjoint_classes or (tc.schedule is not None and not strategy.epochs_from_stream))
+
+
 def preflight(configs: list[RunConfig]) -> None:
     """Every check a run makes before training, for every run of a sweep, before the first starts:
     a run that would be refused after the others had trained is refused now. The stream is built
-    only where a check needs it (budgets per experience, online.task_free, a method that needs each
-    class in one task, a schedule with a method that sizes its own training set), once per
-    benchmark and seed."""
+    only where a check needs it (``stream_can_refuse``), once per benchmark and seed."""
     by_stream: dict[tuple, list] = {}
     for cfg in configs:
         strategy = build_strategy(cfg)
         check_strategy(cfg, strategy)
-        tc = cfg.train
-        if (isinstance(tc.iterations, list) or (cfg.online and cfg.online.task_free) or strategy.task_disjoint_classes
-                or (tc.schedule is not None and not strategy.epochs_from_stream)):
+        if stream_can_refuse(cfg, strategy):
             key = (cfg.benchmark.model_dump_json(), cfg.seed, bool(cfg.eval.selection))
             by_stream.setdefault(key, []).append((cfg, strategy))
     for runs in by_stream.values():  # one stream in memory at a time

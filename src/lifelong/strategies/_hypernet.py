@@ -204,7 +204,7 @@ class HypernetStrategy(Strategy):
             # output would make the regulariser nonzero right after a task
             with torch.enable_grad():
                 w = self.generate(self.tasks_).detach()
-            self.targets_ = {t: w[i].detach().clone() for i, t in enumerate(self.tasks_)}
+            self.targets_ = {t: w[i].clone() for i, t in enumerate(self.tasks_)}
 
     def after_experience(self, exp):
         self._cache = {}

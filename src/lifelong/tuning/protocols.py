@@ -21,7 +21,7 @@ import copy
 import json
 from dataclasses import dataclass, field
 
-from ..config import check_runnable, check_sections, parse_config, set_key
+from ..config import RunConfig, check_runnable, check_sections, parse_config, set_key
 from ..errors import ConfigError
 from .space import SearchSpace
 from .spec import TuneSpec
@@ -109,11 +109,14 @@ def plan(spec: TuneSpec, space: SearchSpace, strategies: list[str] | None, allow
             for lab, r in zip(labels, reports):
                 targets.append(Target(name, lab, _selection(base, name, r, p.val_fraction, not on_test),
                                       [(lab, _report(base, name, r, p.val_fraction))], on_test))
+    checked = []
     for t in targets:
         for strategy in ([t.strategy] if t.strategy else space.strategies_in_search()):
-            _check(t.select_base, space, strategy)
-            for _, cfg in t.reports:
-                _check(cfg, space, strategy)
+            checked.append(_check(t.select_base, space, strategy))
+            checked += [_check(cfg, space, strategy) for _, cfg in t.reports]
+    from ..runner import preflight
+
+    preflight(checked)  # what a run checks against its stream too (budgets per experience, ...), before any trial
     return targets
 
 
@@ -146,8 +149,9 @@ def apply(config: dict, values: dict) -> dict:
     return d
 
 
-def _check(config: dict, space: SearchSpace, strategy: str) -> None:
-    """Every key of the space is accepted by the run config (with a value inside the space)."""
+def _check(config: dict, space: SearchSpace, strategy: str) -> RunConfig:
+    """Every key of the space is accepted by the run config (with a value inside the space): the
+    config, with the space's midpoint, checked as a run checks it before any data loads."""
     values = {p.key: p.midpoint() for p in space.for_strategy(strategy)}
     if space.strategy_choice is not None:
         values["strategy.name"] = strategy
@@ -156,6 +160,7 @@ def _check(config: dict, space: SearchSpace, strategy: str) -> None:
     except ConfigError as exc:
         raise ConfigError(f"the search space does not fit strategy '{strategy}': {exc}") from None
     check_runnable(cfg)
+    return cfg
 
 
 def fingerprint_spec(spec: TuneSpec) -> str:

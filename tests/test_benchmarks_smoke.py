@@ -327,6 +327,9 @@ def test_permuted_reference_runs_records_finished_refused_and_stopped_runs(tmp_p
             "parameters": {"total": 2126100}}
     text = runs.table([done, stopped, failed, {"method": "seqbayes", "refused": "too many parameters"}])
     assert "| si | 10/10 | 96 | 960 | 97.12 | -1.01 |  | 2,126,100 |" in text
+    # a run resumed from a checkpoint: its wall time is its last part's; its training and evaluation count
+    resumed = dict(done, method="ewc", resumed=True, wall_time_s=100.0, train_time_s=1500.0, eval_time_s=60.0)
+    assert "| ewc | 10/10 | 156 | 1560 (resumed: training + evaluation) | 97.12 |" in runs.table([resumed])
     assert "| hnet | 2/10 (stopped) | 155 | ~1550 (projected) |" in text
     assert "| vcl | 0/10 (failed) |" in text and "| seqbayes | refused |" in text
     # real runs, each in its own process: a refused method, and one stopped at a 1 s deadline
@@ -366,7 +369,8 @@ def test_permuted_reference_runs_collects_command_line_runs_and_refuses_other_se
     matrix[9][9] = 0.95
     (base / "er" / "results.json").write_text(json.dumps(
         {"config": cfg, "average_accuracy": 0.9542, "bwt": -0.0286, "accuracy_matrix": matrix,
-         "parameters": {"total": 2126100}, "wall_time_s": 1937.0, "seed": 0}))
+         "parameters": {"total": 2126100}, "wall_time_s": 1937.0, "seed": 0,
+         "checkpoints": {"saved": 6, "time_s": 1.0, "resumed_from": None}}))
     # a run still going: its checkpoint's step; binary_field with the grid's own learning rate
     (base / "binary_field" / ".partial").mkdir(parents=True)
     (base / "binary_field" / ".partial" / "run.json").write_text(
@@ -387,6 +391,12 @@ def test_permuted_reference_runs_collects_command_line_runs_and_refuses_other_se
     assert text.index("| si | 10/10 | 190 | 1904 | 94.77 | -1.27 | 94.4 to 97.9 |") < text.index("| er |")
     assert [r["method"] for r in json.loads((out / "summary.json").read_text())["runs"]] == ["si", "er", "binary_field"]
     assert runs.main(["--from-dir", str(out)]) == 0 and "| er | 10/10 |" in capsys.readouterr().out
+    # the same run resumed from a checkpoint: its training and evaluation time, not its last part's wall time
+    res = json.loads((base / "er" / "results.json").read_text())
+    res.update(checkpoints={"saved": 6, "time_s": 1.0, "resumed_from": [3, 100]}, train_time_s=1800.0, eval_time_s=90.0)
+    (base / "er" / "results.json").write_text(json.dumps(res))
+    assert runs.main(["--collect", str(base), "--out-dir", str(out), "--methods", "er"]) == 0
+    assert "| er | 10/10 | 189 | 1890 (resumed: training + evaluation) | 95.42 |" in capsys.readouterr().out
     # a run of another setting is refused, naming the difference
     (base / "vcl" / ".partial").mkdir(parents=True)
     short = runs.config_for("vcl", 300, 0)

@@ -80,3 +80,29 @@ def test_fp16_scaler_state_resumes():
     snap = [s for s in ck.snaps if s["next"][1] > 0][2]
     assert snap["current"]["scaler"] is not None
     assert _same(_fit("er", "class", resume=snap, precision="fp16"), ref)
+
+
+def test_a_resumed_run_counts_the_training_time_before_its_interruption(monkeypatch):
+    """``train_time_s`` of a run resumed inside an experience includes the time that experience had
+    run before the interruption (the snapshot carries it): only the work redone after the last
+    snapshot is lost. A clock that moves only when a checkpoint is saved (100 s a save) makes it
+    exact: resumed from a snapshot, with nothing saved after, the run has trained for 100 s per
+    save made inside an experience before that snapshot."""
+    import lifelong.training as training
+
+    clock = [0.0]
+    monkeypatch.setattr(training.time, "perf_counter", lambda: clock[0])
+
+    class Ticking(InMemory):
+        def save(self, snap):
+            super().save(snap)
+            clock[0] += 100.0
+
+    ck = Ticking(3)
+    _fit("finetune", "class", ck)
+    inside = [i for i, s in enumerate(ck.snaps) if s["current"] is not None]
+    # the second save inside an experience: 100 s of it had passed in the experience before it
+    i = next(i for a, i in zip(inside, inside[1:]) if ck.snaps[a]["next"][0] == ck.snaps[i]["next"][0])
+    assert ck.snaps[i]["current"]["elapsed_s"] == 100.0
+    res = _fit("finetune", "class", resume=ck.snaps[i])
+    assert res.train_time_s == 100.0 * sum(1 for j in inside if j < i)

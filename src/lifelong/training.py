@@ -146,7 +146,8 @@ def train(stream: Stream, strategy: Strategy, make_optimizer: Callable, *, batch
         g_start = g.get_state()
         skip = 0
         if resuming and resume["current"] is not None:  # interrupted inside this experience
-            skip, loss_sum, online = restore_current(resume["current"], strategy, optimizer, amp.scaler, dev)
+            skip, loss_sum, online, done_s = restore_current(resume["current"], strategy, optimizer, amp.scaler, dev)
+            t0 -= done_s  # the experience's time before the interruption counts as its time
         # One task-id tensor per experience, expanded to each batch (no allocation per step; an
         # expanded tensor cannot be written in place by mistake).
         task = None if data is None or data.t is not None else torch.full((1,), exp.task_id, device=data.y.device)
@@ -192,7 +193,7 @@ def train(stream: Stream, strategy: Strategy, make_optimizer: Callable, *, batch
                 monitor.step(it, loss, cont.latest if cont else None)
             if checkpointer and it + 1 < n_iters and checkpointer.due(step):
                 checkpointer.save(snapshot(exp.index, it + 1, boundary, strategy, optimizer, amp.scaler, g_start,
-                                           loss_sum, result, cont, ctx.step, online))
+                                           loss_sum, result, cont, ctx.step, online, time.perf_counter() - t0))
         if n_iters and not torch.isfinite(loss_sum):
             raise DivergenceError(divergence_message(strategy, optimizer, exp, n_iters - 1, ctx.step, loss_sum, precision))
         if online is not None:
@@ -323,10 +324,11 @@ def divergence_message(strategy, optimizer, exp, it: int, step: int, loss, preci
 # ---------------------------------------------------------------------------------------------
 # checkpoints: what a snapshot holds, and how a run continues from one (lifelong.checkpoint)
 def snapshot(exp_index: int, iteration: int, boundary, strategy, optimizer, scaler, g_start, loss_sum,
-             result: RunResult, cont, step: int, online=None) -> dict:
+             result: RunResult, cont, step: int, online=None, elapsed_s: float = 0.0) -> dict:
     """Resume at ``iteration`` of experience ``exp_index``. At an experience boundary
     (``iteration`` 0) the current state is the boundary; inside an experience the snapshot
-    also holds the state the experience started from, whose set-up is replayed on resume.
+    also holds the state the experience started from, whose set-up is replayed on resume, and the
+    seconds the experience has run (``elapsed_s``: its training time so far, added on resume).
     ``g_start``: the batch-order generator as experience ``exp_index`` started (its batches are
     drawn again and the first ``iteration`` skipped)."""
     here = ckpt.model_and_strategy(strategy, optimizer, scaler)
@@ -334,7 +336,7 @@ def snapshot(exp_index: int, iteration: int, boundary, strategy, optimizer, scal
         boundary, current = here, None
     else:
         current = dict(here, iteration=iteration, loss_sum=loss_sum.detach().clone(),
-                       online=None if online is None else online.clone())
+                       online=None if online is None else online.clone(), elapsed_s=elapsed_s)
     return {"format": ckpt.FORMAT, "next": [exp_index, iteration], "step": step, "batch_generator": g_start.clone(),
             "boundary": boundary, "current": current, "result": _result_state(result),
             "continual": None if cont is None else cont.state()}
@@ -367,7 +369,7 @@ def restore_current(current: dict, strategy, optimizer, scaler, dev):
     ckpt.restore_model_and_strategy(current, strategy, optimizer, scaler)
     online = current.get("online")
     return (current["iteration"], current["loss_sum"].to(dev, copy=True),
-            None if online is None else online.to(dev, copy=True))
+            None if online is None else online.to(dev, copy=True), current.get("elapsed_s", 0.0))
 
 
 def online_rows(strategy, exp: Experience, data, task_free: bool):

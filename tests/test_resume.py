@@ -84,8 +84,8 @@ def test_fp16_scaler_state_resumes():
 
 def test_a_resumed_run_counts_the_training_time_before_its_interruption(monkeypatch):
     """``train_time_s`` of a run resumed inside an experience includes the time that experience had
-    run before the interruption (the snapshot carries it): only the work redone after the last
-    snapshot is lost. A clock that moves only when a checkpoint is saved (100 s a save) makes it
+    run before the interruption (the snapshot carries it): only the work done after the last
+    snapshot, lost with the interruption, goes uncounted. A clock that moves only when a checkpoint is saved (100 s a save) makes it
     exact: resumed from a snapshot, with nothing saved after, the run has trained for 100 s per
     save made inside an experience before that snapshot."""
     import lifelong.training as training
